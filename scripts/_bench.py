@@ -1,0 +1,96 @@
+"""Shared plumbing of the benchmark scripts: machine facts, JSON results, the Markdown page.
+
+Each benchmark owns one section of ``docs/benchmarks.md`` between
+``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` and rewrites only that section, so the
+scripts can run independently and in any order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks"
+DOC = REPO / "docs" / "benchmarks.md"
+DOC_HEADER = """# Benchmarks
+
+Every number on this page is produced by a script in `scripts/` (named in each section)
+and saved as JSON under `benchmarks/`. Re-run a section with its command; the script
+rewrites only its own section. Ratios are measured within one run on one machine.
+"""
+
+
+def machine() -> dict[str, Any]:
+    """Facts about where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def save_json(name: str, results: dict[str, Any]) -> Path:
+    """Write ``benchmarks/<name>.json`` (results plus machine facts)."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **results}, indent=2, default=str) + "\n")
+    return path
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def update_doc_section(name: str, body: str) -> Path:
+    """Replace (or append) the ``name`` section of docs/benchmarks.md with ``body``."""
+    DOC.parent.mkdir(exist_ok=True)
+    text = DOC.read_text() if DOC.is_file() else DOC_HEADER
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else (text.rstrip() + "\n\n" + block + "\n")
+    )
+    DOC.write_text(text)
+    return DOC

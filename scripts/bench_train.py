@@ -1,0 +1,190 @@
+"""Float-training benchmark: accuracy of the zoo's reference pairs, and data-pipeline overhead.
+
+    python scripts/bench_train.py                   # everything (resnet20/cifar10 takes ~40 min)
+    python scripts/bench_train.py --only lenet5-digits,lenet5-mnist
+
+Float checkpoints come from (and go into) the same cache as ``qsearch train``, so a pair
+already trained with the default recipe is reported, not retrained. Datasets must be
+prepared (``make data``); a missing one is reported as skipped.
+
+Pipeline overhead: the same training steps fed by the in-memory ``TensorLoader`` (gather,
+augment, normalize per batch) vs by pre-built tensors; the ratio of the two times, best of
+three alternating repeats. Target: <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from itertools import islice
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from _bench import markdown_table, save_json, update_doc_section
+from qsearch.config import compose_config
+from qsearch.data import build_data, train_loader
+from qsearch.errors import UserError
+from qsearch.models import build_model
+from qsearch.train.float_model import train_float
+from qsearch.train.loop import build_optimizer, cross_entropy_loss, train_one_epoch
+from qsearch.train.runtime import resolve_runtime
+
+PAIRS = {  # name: (model, dataset, target test accuracy in %)
+    "lenet5-digits": ("lenet5", "digits", 97.0),
+    "lenet5-mnist": ("lenet5", "mnist", 99.0),
+    "resnet20-cifar10": ("resnet20", "cifar10", 90.0),
+}
+PIPELINE_PAIRS = ("lenet5-mnist", "resnet20-cifar10")
+
+
+def _config(model: str, dataset: str) -> DictConfig:
+    cfg = compose_config("train", [f"model={model}", f"dataset={dataset}"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def accuracy_row(name: str) -> dict:
+    """Train (or read from the cache) one pair's float model and report its accuracy."""
+    model, dataset, target = PAIRS[name]
+    cfg = _config(model, dataset)
+    try:
+        data = build_data(cfg.dataset)
+    except UserError as exc:
+        return {"pair": name, "skipped": str(exc)}
+    runtime = resolve_runtime(cfg.runtime)
+    start = time.perf_counter()
+    checkpoint = train_float(cfg, data, runtime)
+    meta = checkpoint.meta
+    history = json.loads((checkpoint.directory / "metrics.json").read_text())["history"]
+    return {
+        "pair": name,
+        "model": model,
+        "dataset": dataset,
+        "epochs": meta["epochs"],
+        "test_acc": round(meta["test_acc"], 2),
+        "val_acc": round(meta["val_acc"], 2),
+        "target": target,
+        "meets_target": meta["test_acc"] >= target,
+        "train_seconds": round(meta["train_seconds"], 1),
+        "median_epoch_seconds": round(statistics.median(r["seconds"] for r in history), 1),
+        "seconds_this_run": round(time.perf_counter() - start, 1),
+        "bf16": runtime.bf16,
+        "batch_size": int(cfg.train.batch_size),
+        "lr": float(cfg.train.lr),
+    }
+
+
+def _timed_steps(model, batches, optimizer, runtime, steps: int) -> float:
+    start = time.perf_counter()
+    train_one_epoch(
+        model, batches, optimizer, None, runtime, loss_fn=cross_entropy_loss(), max_steps=steps
+    )
+    return time.perf_counter() - start
+
+
+def pipeline_row(name: str, steps: int) -> dict:
+    """Time ``steps`` training steps fed by the TensorLoader vs by pre-built tensors."""
+    model_name, dataset, _ = PAIRS[name]
+    cfg = _config(model_name, dataset)
+    try:
+        data = build_data(cfg.dataset)
+    except UserError as exc:
+        return {"pair": name, "skipped": str(exc)}
+    runtime = resolve_runtime(cfg.runtime)
+    torch.manual_seed(0)
+    model = runtime.prepare(build_model(cfg.model, data.info))
+    optimizer = build_optimizer(model, cfg.train)
+    loader = train_loader(data, cfg.dataset, int(cfg.train.batch_size), 0, str(runtime.device))
+    prebuilt = [(x.clone(), y.clone()) for x, y in islice(loader, steps)]
+    _timed_steps(model, prebuilt, optimizer, runtime, min(steps, 5))  # warm-up
+    with_loader, with_tensors = [], []
+    for _ in range(3):
+        with_loader.append(_timed_steps(model, loader, optimizer, runtime, steps))
+        with_tensors.append(_timed_steps(model, prebuilt, optimizer, runtime, steps))
+    ratio = min(with_loader) / min(with_tensors)
+    return {
+        "pair": name,
+        "steps": steps,
+        "batch_size": int(cfg.train.batch_size),
+        "augment": dict(cfg.dataset.augment),
+        "loader_seconds": round(min(with_loader), 3),
+        "prebuilt_seconds": round(min(with_tensors), 3),
+        "ratio": round(ratio, 3),
+        "meets_target": ratio <= 1.10,
+    }
+
+
+def report(accuracy: list[dict], pipeline: list[dict]) -> str:
+    rows = []
+    for r in accuracy:
+        if "skipped" in r:
+            rows.append([r["pair"], "skipped", "", "", "", "", r["skipped"]])
+            continue
+        rows.append(
+            [
+                f"{r['model']} / {r['dataset']}",
+                f"{r['test_acc']:.2f}",
+                f">= {r['target']:.0f}",
+                "yes" if r["meets_target"] else "**no**",
+                r["epochs"],
+                f"{r['train_seconds']:.0f} s ({r['median_epoch_seconds']} s/epoch)",
+                f"bs {r['batch_size']}, lr {r['lr']}, bf16 {r['bf16']}",
+            ]
+        )
+    text = [
+        "## Float training (`python scripts/bench_train.py`)",
+        "",
+        markdown_table(
+            ["model / dataset", "test acc %", "target", "met", "epochs", "train time", "recipe"],
+            rows,
+        ),
+        "",
+    ]
+    prow = [
+        [
+            r["pair"],
+            r.get("steps", ""),
+            r.get("loader_seconds", ""),
+            r.get("prebuilt_seconds", ""),
+            r.get("ratio", r.get("skipped", "")),
+            "yes" if r.get("meets_target") else "no",
+        ]
+        for r in pipeline
+    ]
+    text += [
+        "Data pipeline overhead: the same training steps fed by the in-memory loader "
+        "(gather + augment + normalize per batch) vs pre-built tensors; target <= 1.10.",
+        "",
+        markdown_table(["pair", "steps", "loader s", "pre-built s", "ratio", "met"], prow),
+    ]
+    return "\n".join(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default=",".join(PAIRS), help="comma-separated pair names")
+    parser.add_argument("--pipeline-steps", type=int, default=40)
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in PAIRS]
+    if unknown:
+        print(f"bench_train: unknown pair(s) {unknown}; choose from {list(PAIRS)}", file=sys.stderr)
+        return 2
+    accuracy = [accuracy_row(n) for n in names]
+    pipeline = [pipeline_row(n, args.pipeline_steps) for n in names if n in PIPELINE_PAIRS]
+    for row in accuracy + pipeline:
+        print(row)
+    save_json("train", {"accuracy": accuracy, "pipeline": pipeline})
+    update_doc_section("train", report(accuracy, pipeline))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The commands of the ``qsearch`` CLI: one module each, each with a ``run(cfg)`` function.
+
+A command's primary config is ``conf/<command>.yaml``. Adding a command means one module
+here, one YAML file and one line in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command: the module holding its ``run(cfg)`` and its one-line summary."""
+
+    module: str
+    summary: str
+
+    def load(self) -> Callable[[DictConfig], object]:
+        """Import the command's module lazily (keeps ``qsearch --help`` fast)."""
+        return importlib.import_module(self.module).run
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "qsearch.commands.train", "train a float model (cached by model, dataset, seed, recipe)"
+    ),
+}

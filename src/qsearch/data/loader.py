@@ -1,0 +1,109 @@
+"""Batches straight from in-memory tensors, with augmentation applied per batch.
+
+Small datasets (digits, MNIST, CIFAR-10, SVHN) fit in memory as uint8. Gathering a batch,
+augmenting it (random crop with zero padding + horizontal flip, as torchvision's
+``RandomCrop(padding=4)`` and ``RandomHorizontalFlip``) and normalizing it are a handful of
+tensor operations, so on 2 CPU cores the pipeline costs almost nothing next to the model's
+step (``scripts/bench_train.py`` measures the ratio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from qsearch.data.tensors import DatasetInfo, TensorSplit
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Batch augmentation: ``crop_padding`` pixels of random-crop padding, optional flip."""
+
+    crop_padding: int = 0
+    hflip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.hflip
+
+
+def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Zero-pad by ``padding`` and take one random ``H x W`` window per sample."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+    batch = torch.arange(n)[:, None, None, None]
+    channels = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[batch, channels, rows, cols]
+
+
+def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Mirror a random half of the samples left-right."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+class TensorLoader:
+    """Iterate ``(images, labels)`` batches of a :class:`TensorSplit`.
+
+    Images come out as normalized float32 on ``device``. Shuffling and augmentation are
+    seeded by ``(seed, epoch)``, so an epoch is reproducible and a resumed run sees the
+    same batches as an uninterrupted one. Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(
+        self,
+        split: TensorSplit,
+        info: DatasetInfo,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: Augment | None = None,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment or Augment()
+        self.drop_last = drop_last
+        self.seed = seed
+        self.device = torch.device(device)
+        self.epoch = 0
+        self._mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffling/augmentation stream of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 ``(N, C, H, W)`` -> float32 normalized with the training-set statistics."""
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        return x.sub_(self._mean).div_(self._std)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.split)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        for batch in range(len(self)):
+            idx = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            images = self.split.images[idx]
+            if self.augment.crop_padding:
+                images = random_crop(images, self.augment.crop_padding, generator)
+            if self.augment.hflip:
+                images = random_hflip(images, generator)
+            yield self.normalize(images), self.split.labels[idx].to(self.device)

@@ -1,0 +1,1 @@
+"""Terminal output (rich progress bars and tables) and figures."""

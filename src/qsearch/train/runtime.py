@@ -1,0 +1,66 @@
+"""Device, numeric precision and threads for a run (``conf/runtime/``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from qsearch.errors import UserError
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16, where bf16 autocast speeds up convs ~3x."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors compute: ``device`` and ``bf16`` autocast on or off."""
+
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """bf16 autocast on this device when enabled, else a no-op context."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move ``model`` to the device (and channels-last memory format where chosen)."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    @contextlib.contextmanager
+    def no_autocast(self) -> Iterator[None]:
+        """Leave autocast for numerically sensitive code (quantizers, losses)."""
+        with torch.autocast(self.device.type, enabled=False):
+            yield
+
+
+def resolve_runtime(cfg: DictConfig) -> Runtime:
+    """Resolve ``runtime.device``/``precision`` (``auto`` picks CUDA and bf16 where present)."""
+    requested = str(cfg.device)
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"runtime.device={requested} but no CUDA device is available")
+    device = torch.device(requested)
+    precision = str(cfg.precision)
+    if precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"runtime.precision must be auto, bf16 or fp32, got '{precision}'")
+    if precision == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+    else:
+        bf16 = precision == "bf16"
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    return Runtime(device=device, bf16=bf16, channels_last=bool(cfg.channels_last))

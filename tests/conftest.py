@@ -1,0 +1,36 @@
+"""Shared fixtures: composing the real configs, and the prepared datasets when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig, open_dict
+
+from qsearch.config import compose_config
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_ROOT = Path(os.environ.get("QSEARCH_DATA_DIR", REPO / "data"))
+
+
+def compose(command: str, *overrides: str) -> DictConfig:
+    """The config a ``qsearch <command> <overrides>`` run would get (hydra node removed)."""
+    cfg = compose_config(command, list(overrides))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def tmp_cache(tmp_path: Path) -> str:
+    """A fresh cache dir, as a ``cache_dir=`` override."""
+    return f"cache_dir={tmp_path / 'cache'}"
+
+
+def requires_dataset(relative: str) -> pytest.MarkDecorator:
+    """Skip unless ``data/<relative>`` was prepared by ``make data``."""
+    return pytest.mark.skipif(
+        not (DATA_ROOT / relative).exists(),
+        reason=f"{DATA_ROOT / relative} not prepared (run `make data`)",
+    )

@@ -1,0 +1,121 @@
+"""Float training: the cache, resuming after a crash, and corrupt checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qsearch.data import build_data
+from qsearch.errors import UserError
+from qsearch.models import build_model
+from qsearch.train.float_model import (
+    float_cache_dir,
+    load_float_weights,
+    read_float_checkpoint,
+    train_float,
+)
+from qsearch.train.loop import cosine_schedule
+from qsearch.train.runtime import resolve_runtime
+from tests.conftest import compose
+
+
+class Crash(Exception):
+    pass
+
+
+def _setup(tmp_path: Path, *overrides: str):
+    cfg = compose(
+        "train",
+        f"cache_dir={tmp_path}",
+        "train.epochs=5",
+        "train.lr=0.1",
+        "runtime.precision=fp32",
+        *overrides,
+    )
+    return cfg, build_data(cfg.dataset), resolve_runtime(cfg.runtime)
+
+
+def test_training_learns_digits_and_caches(tmp_path: Path) -> None:
+    cfg, data, runtime = _setup(tmp_path)
+    first = train_float(cfg, data, runtime)
+    assert first.meta["val_acc"] > 80.0 and first.meta["epochs"] == 5
+    assert first.path == float_cache_dir(cfg, runtime) / "model.pt"
+    assert not (first.directory / "last.pt").exists()
+
+    def must_not_train(epoch: int, row: dict) -> None:
+        raise AssertionError("the cached checkpoint should have been used")
+
+    again = train_float(cfg, data, runtime, on_epoch_end=must_not_train)
+    assert again.meta == first.meta
+
+
+def test_cache_key_changes_with_recipe_and_seed(tmp_path: Path) -> None:
+    cfg, _, runtime = _setup(tmp_path)
+    other_lr, _, _ = _setup(tmp_path, "train.lr=0.01")
+    other_seed, _, _ = _setup(tmp_path, "seed=1")
+    other_root, _, _ = _setup(tmp_path, "data_root=/elsewhere")
+    dirs = {float_cache_dir(c, runtime) for c in (cfg, other_lr, other_seed)}
+    assert len(dirs) == 3
+    assert float_cache_dir(other_root, runtime) == float_cache_dir(cfg, runtime)
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path: Path) -> None:
+    cfg, data, runtime = _setup(tmp_path / "a")
+    reference = train_float(cfg, data, runtime)
+
+    crashed_cfg, _, _ = _setup(tmp_path / "b")
+
+    def crash_after_first_epoch(epoch: int, row: dict) -> None:
+        if epoch == 0:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_float(crashed_cfg, data, runtime, on_epoch_end=crash_after_first_epoch)
+    assert (float_cache_dir(crashed_cfg, runtime) / "last.pt").is_file()
+    epochs_run: list[int] = []
+    resumed = train_float(
+        crashed_cfg, data, runtime, on_epoch_end=lambda epoch, row: epochs_run.append(epoch)
+    )
+    assert epochs_run == [1, 2, 3, 4]
+    a = torch.load(reference.path, weights_only=True)["state_dict"]
+    b = torch.load(resumed.path, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.meta["test_acc"] == reference.meta["test_acc"]
+
+
+def test_weights_load_into_a_fresh_model(tmp_path: Path) -> None:
+    cfg, data, runtime = _setup(tmp_path, "train.epochs=1")
+    checkpoint = train_float(cfg, data, runtime)
+    model = load_float_weights(build_model(cfg.model, data.info), checkpoint)
+    assert model.classifier[-1].weight.abs().sum() > 0
+    wrong = build_model(compose("train", "model=lenet_caffe").model, data.info)
+    with pytest.raises(UserError, match="does not fit this model"):
+        load_float_weights(wrong, checkpoint)
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    corrupt = tmp_path / "bad.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        read_float_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(UserError, match="not a qsearch float checkpoint"):
+        read_float_checkpoint(foreign)
+
+
+def test_cosine_schedule_values() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = cosine_schedule(optimizer, total_steps=10, warmup_steps=2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert lrs[6] == pytest.approx(0.5)  # halfway through the 8 cosine steps
+    assert lrs[-1] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(7 / 8 * torch.pi))).item())
