@@ -23,8 +23,12 @@ import torchvision
 from qsearch.errors import USER_ERROR_EXIT_CODE, UserError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _gunzip_idx(source: Path, raw_dir: Path) -> bool:
@@ -103,17 +107,26 @@ PREPARERS: dict[str, Callable[[Path], str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qsearch.data.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("datasets", nargs="*", default=["mnist", "fashion_mnist", "cifar10"],
-                        help=f"any of {', '.join(PREPARERS)} (default: all but svhn)")
+    parser = argparse.ArgumentParser(
+        prog="python -m qsearch.data.prepare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "datasets",
+        nargs="*",
+        default=["mnist", "fashion_mnist", "cifar10"],
+        help=f"any of {', '.join(PREPARERS)} (default: all but svhn)",
+    )
     parser.add_argument("--root", default=os.environ.get("QSEARCH_DATA_DIR", "data"))
     args = parser.parse_args(argv)
     root = Path(args.root)
     for name in args.datasets:
         if name not in PREPARERS:
-            print(f"prepare: error: unknown dataset '{name}' (choose from: "
-                  f"{', '.join(PREPARERS)})", file=sys.stderr)
+            print(
+                f"prepare: error: unknown dataset '{name}' (choose from: {', '.join(PREPARERS)})",
+                file=sys.stderr,
+            )
             return USER_ERROR_EXIT_CODE
     failures = 0
     for name in args.datasets:
@@ -125,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, OSError) as exc:  # torchvision's download without a network
             failures += 1
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"prepare: error: {name}: no local copy (set QSEARCH_DATA_SOURCE) and the "
-                  f"download failed: {first}", file=sys.stderr)
+            print(
+                f"prepare: error: {name}: no local copy (set QSEARCH_DATA_SOURCE) and the "
+                f"download failed: {first}",
+                file=sys.stderr,
+            )
     return USER_ERROR_EXIT_CODE if failures else 0
 
 

@@ -24,10 +24,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 
 
 def _missing(name: str, looked_at: Path, prepare: str | None = None) -> UserError:
-    how = f"run `make data` (python -m qsearch.data.prepare {prepare})" if prepare else (
-        "put the files there")
-    return UserError(f"{name} not found at {looked_at}: {how}, or add "
-                     "dataset.source.download=true to download it")
+    how = (
+        f"run `make data` (python -m qsearch.data.prepare {prepare})"
+        if prepare
+        else ("put the files there")
+    )
+    return UserError(
+        f"{name} not found at {looked_at}: {how}, or add "
+        "dataset.source.download=true to download it"
+    )
 
 
 def _hwc_to_split(images: np.ndarray | Tensor, labels: object) -> TensorSplit:
@@ -84,8 +89,9 @@ def fashion_mnist(root: str = "data", download: bool = False) -> RawDataset:
     )
 
 
-def cifar10(root: str = "data", download: bool = False, cache_dir: str = ".cache/qsearch"
-            ) -> RawDataset:
+def cifar10(
+    root: str = "data", download: bool = False, cache_dir: str = ".cache/qsearch"
+) -> RawDataset:
     """CIFAR-10: torchvision's python batches, or the JPEG ``train/``/``test/`` folder copy.
 
     Looks for ``<root>/cifar-10-batches-py`` first, then ``<root>/cifar10-jpeg/{train,test}``
@@ -121,8 +127,10 @@ def svhn(root: str = "data", download: bool = False) -> RawDataset:
 
 
 def _chw_to_split(dataset: torchvision.datasets.SVHN) -> TensorSplit:
-    return TensorSplit(torch.as_tensor(dataset.data, dtype=torch.uint8),
-                       torch.as_tensor(dataset.labels, dtype=torch.int64))
+    return TensorSplit(
+        torch.as_tensor(dataset.data, dtype=torch.uint8),
+        torch.as_tensor(dataset.labels, dtype=torch.int64),
+    )
 
 
 def _decode_folder(folder: Path, classes: list[str], image_size: int) -> TensorSplit:
@@ -161,8 +169,10 @@ def imagefolder(
     train_dir, eval_dir = root_path / "train", root_path / test_dir
     for folder in (train_dir, eval_dir):
         if not folder.is_dir():
-            raise UserError(f"imagefolder: {folder} not found (expected <root>/train/<class>/ "
-                            f"and <root>/{test_dir}/<class>/)")
+            raise UserError(
+                f"imagefolder: {folder} not found (expected <root>/train/<class>/ "
+                f"and <root>/{test_dir}/<class>/)"
+            )
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     listing = "\n".join(sorted(str(p.relative_to(root_path)) for p in root_path.rglob("*")))
     key = hashlib.sha256(f"{root_path.resolve()}|{image_size}|{listing}".encode()).hexdigest()
@@ -176,6 +186,13 @@ def imagefolder(
         )
     train = _decode_folder(train_dir, classes, image_size)
     test = _decode_folder(eval_dir, classes, image_size)
-    save_torch(cache, {"train_images": train.images, "train_labels": train.labels,
-                       "test_images": test.images, "test_labels": test.labels})
+    save_torch(
+        cache,
+        {
+            "train_images": train.images,
+            "train_labels": train.labels,
+            "test_images": test.images,
+            "test_labels": test.labels,
+        },
+    )
     return RawDataset(train, test, num_classes=len(classes))
