@@ -1,0 +1,82 @@
+"""Quantized checkpoints: weights, quantizer state, the policy and the config to rebuild.
+
+A quantized checkpoint is self-describing: ``qsearch evaluate`` and ``qsearch export`` need
+nothing but the file. It holds the resolved ``model``, ``dataset`` and ``quantizer``
+configs (YAML text), the policy, metadata and the state dict (steps and ranges included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from qsearch.data import dataset_shape
+from qsearch.errors import UserError
+from qsearch.models import build_model, model_inventory
+from qsearch.quant.layers import QuantizerSpec, quantize_model
+from qsearch.quant.policy import Policy
+from qsearch.utils.io import load_torch, save_torch
+
+QUANT_FORMAT = "qsearch-quant/1"
+_CONFIG_KEYS = ("model", "dataset", "quantizer")
+
+
+@dataclass
+class QuantizedCheckpoint:
+    """A quantized model rebuilt from a checkpoint file."""
+
+    model: nn.Module
+    policy: Policy
+    config: DictConfig  # model, dataset and quantizer configs
+    meta: dict[str, Any]
+
+
+def save_quantized(
+    path: str | Path, model: nn.Module, policy: Policy, cfg: DictConfig, meta: dict[str, Any]
+) -> Path:
+    """Write a quantized checkpoint atomically (``cfg`` supplies model/dataset/quantizer)."""
+    config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in _CONFIG_KEYS}
+    state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return save_torch(
+        path,
+        {
+            "format": QUANT_FORMAT,
+            "config": yaml.safe_dump(config, sort_keys=False),
+            "policy": policy.to_dict(),
+            "meta": meta,
+            "state_dict": state_dict,
+        },
+    )
+
+
+def is_quantized_checkpoint(blob: Any) -> bool:
+    return isinstance(blob, dict) and blob.get("format") == QUANT_FORMAT
+
+
+def rebuild_quantized(blob: dict[str, Any], source: str) -> QuantizedCheckpoint:
+    """Rebuild the model of a loaded quantized checkpoint ``blob`` (read from ``source``)."""
+    config = OmegaConf.create(yaml.safe_load(blob["config"]))
+    info = dataset_shape(config.dataset)
+    model = build_model(config.model, info)
+    policy = Policy.from_dict(blob["policy"], source=source)
+    policy.validate(model_inventory(model, info), str(config.model.name))
+    quantize_model(model, policy, QuantizerSpec.from_config(config.quantizer))
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{source}: weights do not fit the stored model: {first}") from exc
+    return QuantizedCheckpoint(model=model, policy=policy, config=config, meta=blob["meta"])
+
+
+def load_quantized(path: str | Path) -> QuantizedCheckpoint:
+    """Load and rebuild a quantized checkpoint; a file of another kind is a UserError."""
+    blob = load_torch(path)
+    if not is_quantized_checkpoint(blob):
+        raise UserError(f"{path} is not a qsearch quantized checkpoint")
+    return rebuild_quantized(blob, str(path))

@@ -1,0 +1,83 @@
+"""LSQ: learned step size quantization (Esser et al., ICLR 2020).
+
+``q = clamp(round(v / s), -Qn, Qp)``, ``v_hat = q * s``, with the step ``s`` learned. The
+gradient w.r.t. ``s`` is (eq. 3 of the paper) ``-v/s + round(v/s)`` inside the range, ``-Qn``
+below and ``Qp`` above, scaled by ``g = 1 / sqrt(N * Qp)`` (section 2.2; ``N`` = weights of
+the layer, or features per sample for activations). Autograd produces exactly these
+gradients from ``round_ste(clamp(v / s)) * s`` with the gradient-scaled ``s``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from qsearch.quant.base import Quantizer, Role, UniformGrid, grad_scale, round_ste
+
+STEP_EPS = 1e-8
+
+
+class LsqQuantizer(Quantizer):
+    """LSQ for weights (signed) and activations (unsigned after ReLU, else signed).
+
+    Args:
+        per_channel: one step per output channel (weights only).
+        eps: the step is kept >= ``eps``: a projection before every use, because negative or
+            zero steps are a known failure of public LSQ implementations.
+    """
+
+    name = "lsq"
+    min_bits = 2
+
+    def __init__(
+        self,
+        bits: int,
+        role: Role,
+        signed: bool | None = None,
+        channels: int = 1,
+        per_channel: bool = False,
+        eps: float = STEP_EPS,
+    ) -> None:
+        super().__init__(bits, role, signed, channels)
+        self.per_channel = per_channel and role == "weight"
+        self.eps = eps
+        self.step = nn.Parameter(torch.ones(self.channels if self.per_channel else 1))
+
+    @classmethod
+    def check_bits(cls, bits: int, role: Role) -> None:
+        # unsigned activations work at 1 bit ({0, s}); signed weights need 2 ({-2s..s})
+        if role == "activation" and bits == 1:
+            return
+        super().check_bits(bits, role)
+
+    def _view(self, x: Tensor) -> Tensor:
+        """The step, shaped to broadcast over ``x`` (per channel: ``(C, 1, 1, ...)``)."""
+        return self.step.view(-1, *([1] * (x.dim() - 1))) if self.per_channel else self.step
+
+    def initialize(self, x: Tensor) -> None:
+        """``s = 2 * mean(|v|) / sqrt(Qp)`` (LSQ section 2.1), per channel if enabled."""
+        _, qp = self.qrange()
+        mean_abs = x.abs().flatten(1).mean(1) if self.per_channel else x.abs().mean().reshape(1)
+        self.step.data.copy_((2 * mean_abs / math.sqrt(qp)).clamp_min(self.eps))
+
+    def _elements_per_step(self, x: Tensor) -> int:
+        if self.role == "activation":
+            return x[0].numel()  # features per sample
+        return x[0].numel() if self.per_channel else x.numel()
+
+    def quantize(self, x: Tensor) -> Tensor:
+        qn, qp = self.qrange()
+        if bool((self.step.data < self.eps).any()):
+            with torch.no_grad():
+                self.step.clamp_(min=self.eps)
+        g = 1.0 / math.sqrt(self._elements_per_step(x) * qp)
+        s = grad_scale(self._view(x), g)
+        return round_ste(torch.clamp(x / s, -qn, qp)) * s
+
+    def grid(self) -> UniformGrid | None:
+        if not self.enabled:
+            return None
+        qn, qp = self.qrange()
+        return UniformGrid(scale=self.step.detach().clamp_min(self.eps), qmin=-qn, qmax=qp)
