@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import rich
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -76,6 +77,26 @@ def _split_overrides(args: Sequence[str]) -> list[str]:
     return overrides
 
 
+def _resume_args(command: str, args: list[str]) -> list[str]:
+    """``resume=DIR`` re-runs DIR's own command in DIR: its saved overrides, its run dir."""
+    overrides = _split_overrides(args)
+    resume = [o for o in overrides if o.startswith("resume=")]
+    if not resume:
+        return args
+    run = Path(resume[0].split("=", 1)[1])
+    saved = run / ".hydra" / "overrides.yaml"
+    hydra_cfg = run / ".hydra" / "hydra.yaml"
+    if not saved.is_file() or not hydra_cfg.is_file():
+        raise UserError(f"resume: {run} is not a qsearch run directory (no .hydra/ inside)")
+    if yaml.safe_load(hydra_cfg.read_text())["hydra"]["job"]["name"] != command:
+        raise UserError(f"resume: {run} is not a '{command}' run")
+    if len(overrides) > 1:
+        raise UserError("resume=DIR continues DIR with its own settings; give no other overrides")
+    flags = [a for a in args if a not in overrides]
+    previous = [o for o in yaml.safe_load(saved.read_text()) if not o.startswith("resume=")]
+    return [*previous, f"resume={run}", f"hydra.run.dir={run}", *flags]
+
+
 def _remove_empty_run_dir() -> None:
     """Delete the run dir of a job that failed on user input before writing any result."""
     if not HydraConfig.initialized():
@@ -112,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         return _fail(f"unknown command '{command}' (choose from: {', '.join(COMMANDS)})")
     try:
+        rest = _resume_args(command, rest)
         compose_config(command, _split_overrides(rest))
         task = COMMANDS[command].load()
     except UserError as exc:

@@ -166,3 +166,27 @@ def instantiate_checked(node: DictConfig, **kwargs: Any) -> Any:
         raise UserError(
             f"{exc.full_key} must be set (add {exc.full_key}=... to the command line)"
         ) from exc
+
+
+def freeze_config(cfg: DictConfig, keys: tuple[str, ...]) -> str:
+    """``cfg``'s ``keys`` as YAML text for a checkpoint.
+
+    Interpolations stay unresolved, so ``${data_root}``/``${cache_dir}`` follow the
+    settings of whoever loads the checkpoint (see :func:`thaw_config`).
+    """
+    import yaml
+
+    return yaml.safe_dump(
+        {key: OmegaConf.to_container(cfg[key], resolve=False) for key in keys}, sort_keys=False
+    )
+
+
+def thaw_config(
+    text: str, data_root: str = "data", cache_dir: str = ".cache/qsearch"
+) -> DictConfig:
+    """The config frozen by :func:`freeze_config`, with this run's data and cache folders."""
+    import yaml
+
+    return OmegaConf.create(
+        {"data_root": data_root, "cache_dir": cache_dir, **yaml.safe_load(text)}
+    )

@@ -29,4 +29,10 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         "qsearch.commands.train", "train a float model (cached by model, dataset, seed, recipe)"
     ),
+    "finetune": Command(
+        "qsearch.commands.finetune", "fine-tune a policy with LSQ + periodic regularizer (+KD)"
+    ),
+    "evaluate": Command(
+        "qsearch.commands.evaluate", "accuracy, average bits and size of a float or quantized model"
+    ),
 }

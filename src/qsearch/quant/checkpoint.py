@@ -1,8 +1,9 @@
 """Quantized checkpoints: weights, quantizer state, the policy and the config to rebuild.
 
 A quantized checkpoint is self-describing: ``qsearch evaluate`` and ``qsearch export`` need
-nothing but the file. It holds the resolved ``model``, ``dataset`` and ``quantizer``
-configs (YAML text), the policy, metadata and the state dict (steps and ranges included).
+nothing but the file. It holds the ``model``, ``dataset`` and ``quantizer`` configs
+(YAML text, see :func:`qsearch.config.freeze_config`), the policy, metadata and the state
+dict (quantizer steps and ranges included).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from qsearch.config import freeze_config, thaw_config
 from qsearch.data import dataset_shape
 from qsearch.errors import UserError
 from qsearch.models import build_model, model_inventory
@@ -40,13 +41,12 @@ def save_quantized(
     path: str | Path, model: nn.Module, policy: Policy, cfg: DictConfig, meta: dict[str, Any]
 ) -> Path:
     """Write a quantized checkpoint atomically (``cfg`` supplies model/dataset/quantizer)."""
-    config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in _CONFIG_KEYS}
     state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return save_torch(
         path,
         {
             "format": QUANT_FORMAT,
-            "config": yaml.safe_dump(config, sort_keys=False),
+            "config": freeze_config(cfg, _CONFIG_KEYS),
             "policy": policy.to_dict(),
             "meta": meta,
             "state_dict": state_dict,
@@ -58,9 +58,14 @@ def is_quantized_checkpoint(blob: Any) -> bool:
     return isinstance(blob, dict) and blob.get("format") == QUANT_FORMAT
 
 
-def rebuild_quantized(blob: dict[str, Any], source: str) -> QuantizedCheckpoint:
-    """Rebuild the model of a loaded quantized checkpoint ``blob`` (read from ``source``)."""
-    config = OmegaConf.create(yaml.safe_load(blob["config"]))
+def rebuild_quantized(
+    blob: dict[str, Any], source: str, data_root: str = "data", cache_dir: str = ".cache/qsearch"
+) -> QuantizedCheckpoint:
+    """Rebuild the model of a loaded quantized checkpoint ``blob`` (read from ``source``).
+
+    ``data_root``/``cache_dir`` fill the stored dataset config's folders.
+    """
+    config = thaw_config(blob["config"], data_root, cache_dir)
     info = dataset_shape(config.dataset)
     model = build_model(config.model, info)
     policy = Policy.from_dict(blob["policy"], source=source)
@@ -74,9 +79,11 @@ def rebuild_quantized(blob: dict[str, Any], source: str) -> QuantizedCheckpoint:
     return QuantizedCheckpoint(model=model, policy=policy, config=config, meta=blob["meta"])
 
 
-def load_quantized(path: str | Path) -> QuantizedCheckpoint:
+def load_quantized(
+    path: str | Path, data_root: str = "data", cache_dir: str = ".cache/qsearch"
+) -> QuantizedCheckpoint:
     """Load and rebuild a quantized checkpoint; a file of another kind is a UserError."""
     blob = load_torch(path)
     if not is_quantized_checkpoint(blob):
         raise UserError(f"{path} is not a qsearch quantized checkpoint")
-    return rebuild_quantized(blob, str(path))
+    return rebuild_quantized(blob, str(path), data_root, cache_dir)

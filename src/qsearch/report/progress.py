@@ -26,7 +26,7 @@ class MetricsColumn(TextColumn):
         return super().render(task)
 
 
-def training_progress(console: Console | None = None) -> Progress:
+def training_progress(console: Console | None = None, disable: bool = False) -> Progress:
     """A progress display for training: bar, count, time, and running loss/accuracy."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -38,4 +38,5 @@ def training_progress(console: Console | None = None) -> Progress:
         MetricsColumn(),
         console=console,
         transient=True,
+        disable=disable,
     )

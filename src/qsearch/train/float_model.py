@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qsearch import __version__
+from qsearch.config import freeze_config
 from qsearch.data import DataSplits, eval_loader, train_loader
 from qsearch.errors import UserError
 from qsearch.models import build_model
@@ -242,7 +243,15 @@ def _fit(
     }
     state_dict = {k: v.contiguous().cpu() for k, v in model.state_dict().items()}
     final = directory / "model.pt"
-    save_torch(final, {"format": FLOAT_FORMAT, "meta": meta, "state_dict": state_dict})
+    save_torch(
+        final,
+        {
+            "format": FLOAT_FORMAT,
+            "meta": meta,
+            "state_dict": state_dict,
+            "config": freeze_config(cfg, ("model", "dataset")),
+        },
+    )
     write_json(directory / "metrics.json", {**meta, "history": history})
     resume.unlink(missing_ok=True)
     return FloatCheckpoint(path=final, meta=meta)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,8 +69,18 @@ def load_torch(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"cannot read checkpoint {path}: not a PyTorch file, or damaged")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(
+            f"cannot read checkpoint {path}: it holds objects other than tensors "
+            "and plain data, which qsearch does not unpickle"
+        ) from exc
     except Exception as exc:  # torch raises many types for a damaged file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read checkpoint {path}: {reason}") from exc
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UserError(
+            f"cannot read checkpoint {path}: damaged ({type(exc).__name__}"
+            f"{': ' + reason if reason else ''})"
+        ) from exc

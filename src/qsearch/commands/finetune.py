@@ -1,0 +1,103 @@
+"""``qsearch finetune``: LSQ fine-tuning of a policy from the float checkpoint."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+from rich.table import Table
+
+from qsearch.commands._common import console, run_dir
+from qsearch.data import build_data
+from qsearch.models import build_model, model_inventory
+from qsearch.quant.checkpoint import save_quantized
+from qsearch.quant.layers import QuantizerSpec
+from qsearch.quant.policy import resolve_policy
+from qsearch.train.finetune import finetune, finetune_summary
+from qsearch.train.float_model import load_float_weights, train_float
+from qsearch.train.runtime import resolve_runtime
+from qsearch.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> None:
+    """Fine-tune the requested policy; write model.pt, policy.yaml and metrics.json."""
+    runtime = resolve_runtime(cfg.runtime)
+    data = build_data(cfg.dataset)
+    float_model = build_model(cfg.model, data.info)
+    inventory = model_inventory(float_model, data.info)
+    policy = resolve_policy(
+        cfg.policy,
+        cfg.w_bits,
+        cfg.a_bits,
+        model=cfg.model.name,
+        dataset=cfg.dataset.name,
+        inventory=inventory,
+        pin_first_last=cfg.pin_first_last,
+    )
+    spec = QuantizerSpec.from_config(cfg.quantizer)
+    float_checkpoint = train_float(cfg, data, runtime)
+    load_float_weights(float_model, float_checkpoint)
+    log.info(
+        "fine-tuning %s on %s with %s, bits (w/a): %s",
+        cfg.model.name,
+        cfg.dataset.name,
+        spec.name,
+        policy.key(),
+    )
+
+    out = run_dir()
+    result = finetune(
+        float_model,
+        policy,
+        spec,
+        data,
+        runtime,
+        cfg.finetune,
+        cfg.dataset,
+        seed=int(cfg.seed),
+        workdir=out,
+    )
+    accuracy = finetune_summary(result, float_checkpoint.meta)
+    bits = policy.average_bits(inventory)
+    policy.metadata.update(
+        {
+            "accuracy": accuracy["after_test"],
+            "val_accuracy": accuracy["after_val"],
+            "average_bits": bits,
+            "quantizer": spec.name,
+            "seed": int(cfg.seed),
+        }
+    )
+    meta = {
+        "accuracy": accuracy,
+        "average_bits": bits,
+        "quantizer": spec.name,
+        "float_checkpoint": str(float_checkpoint.path),
+        "history": result.history,
+    }
+    save_quantized(out / "model.pt", result.model, policy, cfg, meta)
+    policy.save(out / "policy.yaml", comment="fine-tuned policy (qsearch finetune)")
+    write_json(out / "metrics.json", meta)
+    (out / "last.pt").unlink(missing_ok=True)
+    console.print(_summary_table(cfg, accuracy))
+    console.print(
+        f"average bits: weights {bits['w_mean']:.2f} per layer "
+        f"({bits['w_per_param']:.2f} per parameter), activations {bits['a_mean']:.2f}"
+    )
+    console.print(f"output: {out}")
+
+
+def _summary_table(cfg: DictConfig, accuracy: dict[str, float]) -> Table:
+    table = Table(title=f"{cfg.model.name} on {cfg.dataset.name}: {cfg.quantizer.name} fine-tune")
+    table.add_column("")
+    table.add_column("val %", justify="right")
+    table.add_column("test %", justify="right")
+    for label, key in (
+        ("float", "float"),
+        ("quantized, before", "before"),
+        ("quantized, after", "after"),
+    ):
+        table.add_row(label, f"{accuracy[f'{key}_val']:.2f}", f"{accuracy[f'{key}_test']:.2f}")
+    return table
