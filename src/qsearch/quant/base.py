@@ -26,9 +26,9 @@ def round_ste(x: Tensor) -> Tensor:
 
 
 def grad_scale(x: Tensor, scale: float) -> Tensor:
-    """``x`` forward; its gradient multiplied by ``scale`` (LSQ's step-size gradient scale)."""
+    """``x`` forward (exactly); its gradient multiplied by ``scale`` (LSQ's gradient scale)."""
     scaled = x * scale
-    return (x - scaled).detach() + scaled
+    return x.detach() + (scaled - scaled.detach())
 
 
 def signed_range(bits: int) -> tuple[int, int]:
@@ -89,6 +89,7 @@ class Quantizer(nn.Module):
     name: ClassVar[str] = "base"
     min_bits: ClassVar[int] = 2
     roles: ClassVar[frozenset[str]] = frozenset({"weight", "activation"})
+    zero_exact: ClassVar[frozenset[str]] = frozenset()  # roles where 0 is a level
 
     def __init__(
         self, bits: int, role: Role, signed: bool | None = None, channels: int = 1
@@ -141,6 +142,13 @@ class Quantizer(nn.Module):
 
     def grid(self) -> UniformGrid | None:
         """The integer grid of a uniform quantizer (None when non-uniform or disabled)."""
+        return None
+
+    def codebook(self) -> tuple[Tensor, Tensor] | None:
+        """``(centroids, labels)`` of a non-uniform quantizer, values ``centroids[labels]``.
+
+        None for uniform quantizers (see :meth:`grid`) and when disabled.
+        """
         return None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ gradients from ``round_ste(clamp(v / s)) * s`` with the gradient-scaled ``s``.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ class LsqQuantizer(Quantizer):
 
     name = "lsq"
     min_bits = 2
+    zero_exact: ClassVar[frozenset[str]] = frozenset({"weight", "activation"})
 
     def __init__(
         self,
@@ -58,7 +60,7 @@ class LsqQuantizer(Quantizer):
 
     def initialize(self, x: Tensor) -> None:
         """``s = 2 * mean(|v|) / sqrt(Qp)`` (LSQ section 2.1), per channel if enabled."""
-        _, qp = self.qrange()
+        qp = max(self.qrange()[1], 1)  # signed 1-bit activations: Qp = 0, grid {-s, 0}
         mean_abs = x.abs().flatten(1).mean(1) if self.per_channel else x.abs().mean().reshape(1)
         self.step.data.copy_((2 * mean_abs / math.sqrt(qp)).clamp_min(self.eps))
 
@@ -72,7 +74,7 @@ class LsqQuantizer(Quantizer):
         if bool((self.step.data < self.eps).any()):
             with torch.no_grad():
                 self.step.clamp_(min=self.eps)
-        g = 1.0 / math.sqrt(self._elements_per_step(x) * qp)
+        g = 1.0 / math.sqrt(self._elements_per_step(x) * max(qp, 1))
         s = grad_scale(self._view(x), g)
         return round_ste(torch.clamp(x / s, -qn, qp)) * s
 
