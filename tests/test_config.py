@@ -72,7 +72,7 @@ def test_recipe_follows_the_dataset_unless_overridden() -> None:
     ("override", "message"),
     [
         ("model=nope", r"unknown model 'nope' \(choose from: .*lenet5"),
-        ("train.epoch=3", r"not in struct.*train\.epoch"),
+        ("train.epoch=3", r"unknown config key 'train\.epoch'"),
         ("seed=abc", "seed must be an integer, got 'abc'"),
         ("train.lr=fast", "train.lr must be a number, got 'fast'"),
         ("force=maybe", "force must be true or false"),

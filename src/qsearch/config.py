@@ -90,6 +90,8 @@ def _one_line(exc: BaseException) -> str:
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         first = str(cause).strip().splitlines()[0]
+        if "not in struct" in first:
+            return f"unknown config key '{cause.full_key}' (see --cfg job for the valid keys)"
         return f"{first} (key '{cause.full_key}')"
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return " ".join(lines[:2]) if lines else type(exc).__name__

@@ -26,6 +26,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "search": Command(
+        "qsearch.commands.search", "search per-layer bitwidths (releq, haq, random, bayes, ...)"
+    ),
     "train": Command(
         "qsearch.commands.train", "train a float model (cached by model, dataset, seed, recipe)"
     ),
@@ -35,4 +38,6 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(
         "qsearch.commands.evaluate", "accuracy, average bits and size of a float or quantized model"
     ),
+    "export": Command("qsearch.commands.export", "quantized checkpoint -> bit-packed qpack / ONNX"),
+    "cost": Command("qsearch.commands.cost", "a policy's latency, energy, size, BitOPs per preset"),
 }

@@ -13,7 +13,8 @@ from qsearch.commands._common import console, run_dir
 from qsearch.config import thaw_config
 from qsearch.data import build_data, dataset_shape, eval_loader
 from qsearch.errors import UserError
-from qsearch.models import LayerInfo, build_model, model_inventory
+from qsearch.hardware import build_cost_model, cost_table, rich_cost_table
+from qsearch.models import build_model, model_inventory
 from qsearch.quant.checkpoint import is_quantized_checkpoint, rebuild_quantized
 from qsearch.quant.policy import FLOAT_BITS, Policy
 from qsearch.train.float_model import FLOAT_FORMAT
@@ -66,11 +67,13 @@ def run(cfg: DictConfig) -> None:
     }
     inventory = model_inventory(model, data.info)
     bits = policy.average_bits(inventory)
-    size = model_size_bytes(inventory, policy)
-    float_size = model_size_bytes(
+    size_model = build_cost_model("size")
+    size = size_model.total(inventory, policy)
+    float_size = size_model.total(
         inventory,
         Policy.uniform(policy.model, policy.dataset, list(policy.layers), FLOAT_BITS, FLOAT_BITS),
     )
+    costs = cost_table(inventory, policy)
     report = {
         "checkpoint": str(path),
         "model": policy.model,
@@ -80,6 +83,7 @@ def run(cfg: DictConfig) -> None:
         "size_bytes": size,
         "float_size_bytes": float_size,
         "policy": policy.to_dict()["layers"],
+        "cost": [row.as_dict() for row in costs],
     }
     write_json(run_dir() / "evaluate.json", report)
 
@@ -94,12 +98,5 @@ def run(cfg: DictConfig) -> None:
         "weights size", f"{size / 1024:.1f} KiB ({float_size / size:.1f}x smaller than float)"
     )
     console.print(table)
+    console.print(rich_cost_table(costs, "cost under every hardware preset"))
     console.print(f"checkpoint: {path}")
-
-
-def model_size_bytes(inventory: list[LayerInfo], policy: Policy) -> float:
-    """Bytes of the quantizable layers: weights at their bits, biases as fp32."""
-    return sum(
-        layer.weight_params * policy.layers[layer.name].w_bits / 8 + layer.bias_params * 4
-        for layer in inventory
-    )

@@ -207,6 +207,19 @@ def parse_uniform(spec: str) -> tuple[int, int] | None:
         return None
 
 
+def latest_search_policy(model: str, dataset: str, root: Path = Path("outputs/search")) -> Path:
+    """The ``policy.yaml`` of the newest finished search of ``model`` on ``dataset``."""
+    candidates = sorted(
+        root.glob(f"*_{model}_{dataset}/policy.yaml"), key=lambda path: path.stat().st_mtime
+    )
+    if not candidates:
+        raise UserError(
+            f"policy=latest: no finished search of {model} on {dataset} under "
+            f"{root} (run `qsearch search model={model} dataset={dataset}`)"
+        )
+    return candidates[-1]
+
+
 def resolve_policy(
     policy: str | None,
     w_bits: int | None,
@@ -219,8 +232,9 @@ def resolve_policy(
 ) -> Policy:
     """The policy a command was asked for, validated against ``inventory``.
 
-    ``policy`` is a YAML file, a search run directory (its ``policy.yaml``), or
-    ``uniform_<bits>`` / ``uniform_w<w>a<a>``; without it, ``w_bits``/``a_bits`` make a
+    ``policy`` is a YAML file, a search run directory (its ``policy.yaml``), ``latest``
+    (the newest search of this model and dataset), or ``uniform_<bits>`` /
+    ``uniform_w<w>a<a>``; without it, ``w_bits``/``a_bits`` make a
     uniform policy (first and last layer pinned to ``pin_first_last`` bits unless null).
     """
     names = [layer.name for layer in inventory]
@@ -243,6 +257,8 @@ def resolve_policy(
         result.metadata["source"] = f"uniform w{uniform[0]}a{uniform[1]}"
     elif policy is not None and policy.startswith("uniform"):
         raise UserError(f"cannot read '{policy}': use uniform_<bits> or uniform_w<w>a<a>")
+    elif policy == "latest":
+        result = Policy.load(latest_search_policy(model, dataset))
     else:
         result = Policy.load(str(policy))
     return result.validate(inventory, model)

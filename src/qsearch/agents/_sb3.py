@@ -1,0 +1,51 @@
+"""Glue between stable-baselines3 agents and the search: stopping and checkpointing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from qsearch.agents import SearchContext
+from qsearch.env.recorder import BudgetExhausted
+
+AGENT_FILE = "agent.zip"
+
+
+class SearchCallback(BaseCallback):
+    """Stops learning once the budget is spent; saves the agent after every rollout.
+
+    Saving at rollout ends (when PPO updates, and after every DDPG episode) is what
+    ``qsearch search resume=<run dir>`` continues from; evaluations made after the last
+    save are not lost either, as the evaluation cache and the recorder's CSVs hold them.
+    """
+
+    def __init__(self, ctx: SearchContext, save: Callable[[BaseAlgorithm], None]) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.save = save
+
+    def _on_step(self) -> bool:
+        return not self.ctx.done()
+
+    def _on_rollout_end(self) -> None:
+        self.save(self.model)
+
+
+def learn_within_budget(
+    model: BaseAlgorithm,
+    ctx: SearchContext,
+    steps_per_episode: int,
+    save: Callable[[BaseAlgorithm], None],
+) -> None:
+    """Run ``model.learn`` until the callback stops it (the step cap is only a backstop)."""
+    episodes = ctx.max_episodes or 100 * ctx.recorder.budget
+    with contextlib.suppress(BudgetExhausted):
+        model.learn(
+            total_timesteps=episodes * steps_per_episode,
+            callback=SearchCallback(ctx, save),
+            reset_num_timesteps=not ctx.resume,
+        )
+    save(model)

@@ -1,0 +1,283 @@
+"""``qsearch search``: find a per-layer bit policy with an RL agent or a baseline."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from qsearch.agents import SearchContext
+from qsearch.commands._common import console, run_dir
+from qsearch.config import instantiate_checked
+from qsearch.data import Augment, build_data, dataset_shape
+from qsearch.env.cost import cost_oracle
+from qsearch.env.evaluator import PolicyEvaluator, RetrainConfig
+from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
+from qsearch.env.rewards import HaqReward, ReleqReward
+from qsearch.env.space import SearchSpace
+from qsearch.errors import UserError
+from qsearch.models import build_model, model_inventory
+from qsearch.quant.layers import QuantizerSpec
+from qsearch.quant.policy import Policy
+from qsearch.report.figures import bits_figure, pareto_figure
+from qsearch.report.live import SearchMonitor, bits_text
+from qsearch.train.float_model import load_float_weights, train_float
+from qsearch.train.runtime import resolve_runtime
+from qsearch.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def build_space(cfg: DictConfig, inventory: list[Any]) -> SearchSpace:
+    """The search space and its budget; an unreachable budget fails here, before training."""
+    search = cfg.search
+    oracle = cost_oracle(cfg.hardware, inventory)
+    space = SearchSpace(
+        model=str(cfg.model.name),
+        dataset=str(cfg.dataset.name),
+        inventory=inventory,
+        w_choices=list(search.w_bits),
+        a_choices=list(search.a_bits),
+        cost=oracle,
+        search_activations=bool(search.search_activations),
+        fixed_a_bits=int(search.fixed_a_bits),
+        pin_first_last=search.pin_first_last,
+    )
+    for bits in (*space.w_choices, *space.a_choices):
+        if not 1 <= bits <= 8:
+            raise UserError(f"search bit choices must lie in 1..8, got {bits}")
+    fraction = cfg.budget.cost_fraction
+    if fraction is not None:
+        if float(fraction) <= 0:
+            raise UserError(f"budget.cost_fraction must be positive, got {fraction}")
+        space.budget = float(fraction) * oracle.total(_uniform8(space))
+        space.check_budget()
+    return space
+
+
+def _uniform8(space: SearchSpace) -> Policy:
+    """Uniform 8-bit weights and activations: the reference every cost is compared to."""
+    n = len(space.searchable)
+    return space.policy([8] * n, [8] * n)
+
+
+def run(cfg: DictConfig) -> None:
+    """Search, then write policy.yaml, episodes.csv, evaluations.csv and the figures."""
+    out = run_dir()
+    resume = cfg.resume is not None
+    info = dataset_shape(cfg.dataset)
+    model = build_model(cfg.model, info)
+    inventory = model_inventory(model, info)
+    space = build_space(cfg, inventory)
+    reward = instantiate_checked(cfg.reward)
+    agent = instantiate_checked(cfg.agent, _convert_="all")
+    if isinstance(reward, HaqReward) and space.budget is None:
+        raise UserError(
+            f"reward=haq needs a budget: add budget.cost_fraction=0.5 (a fraction "
+            f"of uniform 8-bit {space.cost.metric})"
+        )
+
+    runtime = resolve_runtime(cfg.runtime)
+    data = build_data(cfg.dataset)
+    float_checkpoint = train_float(cfg, data, runtime)
+    load_float_weights(model, float_checkpoint)
+    spec = QuantizerSpec.from_config(cfg.quantizer)
+    ev = cfg.evaluator
+    evaluator = PolicyEvaluator(
+        model,
+        data,
+        runtime,
+        spec,
+        RetrainConfig(
+            steps=int(ev.steps),
+            lr=float(ev.lr),
+            batch_size=int(ev.batch_size),
+            weight_decay=float(cfg.train.weight_decay),
+            train_subset=ev.train_subset,
+            val_subset=ev.val_subset,
+        ),
+        seed=int(cfg.seed),
+        augment=Augment(**cfg.dataset.get("augment", {})),
+        cache_dir=Path(cfg.cache_dir) / "evals",
+        context={
+            "float": float_checkpoint.meta["key"],
+            "model": cfg.model.name,
+            "dataset": cfg.dataset.name,
+            "quantizer": OmegaConf.to_container(cfg.quantizer, resolve=True),
+        },
+    )
+    float_accuracy = evaluator.float_accuracy()
+    releq = reward if isinstance(reward, ReleqReward) else ReleqReward()
+    reference_cost = space.cost.total(_uniform8(space))
+    monitor = SearchMonitor(
+        agent.name,
+        int(cfg.budget.evaluations),
+        space.cost.metric,
+        reference_cost,
+        float_accuracy,
+        console=console,
+    )
+    recorder = SearchRecorder(
+        space,
+        evaluator,
+        Objective(space, float_accuracy, releq),
+        budget=int(cfg.budget.evaluations),
+        agent=agent.name,
+        run_dir=out,
+        resume=resume,
+        on_evaluation=monitor.update,
+    )
+    ctx = SearchContext(
+        space=space,
+        recorder=recorder,
+        float_accuracy=float_accuracy,
+        reward=reward,
+        run_dir=out,
+        seed=int(cfg.seed),
+        resume=resume,
+        float_model=model,
+        data=data,
+        spec=spec,
+        runtime=runtime,
+        max_episodes=cfg.search.max_episodes,
+    )
+    log.info(
+        "searching %d of %d layers of %s with %s; budget %d evaluations%s",
+        len(space.searchable),
+        len(inventory),
+        cfg.model.name,
+        agent.name,
+        recorder.budget,
+        ""
+        if space.budget is None
+        else f", cost <= {cfg.budget.cost_fraction} x 8-bit {space.cost.metric}",
+    )
+    with monitor:
+        agent.search(ctx)
+    references = {
+        f"W{bits}": recorder.evaluate(space.uniform(bits), reference=True)
+        for bits in cfg.search.reference_bits
+        if bits in space.w_choices
+    }
+    best = recorder.best
+    if best is None:
+        raise UserError("the search evaluated no policy (budget.evaluations too small?)")
+    _write_results(
+        cfg, out, space, recorder, references, float_accuracy, reference_cost, float_checkpoint.meta
+    )
+
+
+def _write_results(
+    cfg: DictConfig,
+    out: Path,
+    space: SearchSpace,
+    recorder: SearchRecorder,
+    references: dict[str, Evaluation],
+    float_accuracy: float,
+    reference_cost: float,
+    float_meta: dict[str, Any],
+) -> None:
+    best = recorder.best
+    assert best is not None
+    policy = recorder.best_policy()
+    assert policy is not None
+    metric = space.cost.metric
+    policy.metadata.update(
+        {
+            "val_accuracy": best.accuracy,
+            "float_val_accuracy": float_accuracy,
+            "cost": {
+                metric: best.cost,
+                f"{metric}_vs_8bit": best.cost / reference_cost,
+                **best.metrics,
+            },
+            "feasible": best.feasible,
+            "agent": recorder.agent,
+            "seed": int(cfg.seed),
+            "evaluations": recorder.used,
+            "episodes": recorder.episode,
+            "budget": {"evaluations": recorder.budget, "cost_fraction": cfg.budget.cost_fraction},
+            "hardware": str(cfg.hardware.name),
+            "quantizer": str(cfg.quantizer.name),
+            "average_bits": policy.average_bits(space.inventory),
+        }
+    )
+    policy.save(
+        out / "policy.yaml",
+        comment=f"found by `qsearch search agent={recorder.agent}`; fine-tune with "
+        f"`qsearch finetune policy={out}`",
+    )
+    summary = {
+        "best": _row(best, reference_cost),
+        "float_val_accuracy": float_accuracy,
+        "float_test_accuracy": float_meta["test_acc"],
+        "references": {k: _row(v, reference_cost) for k, v in references.items()},
+        "evaluations": recorder.used,
+        "episodes": recorder.episode,
+        "metric": metric,
+        "budget_cost": space.budget,
+        "evaluator": {
+            "retrained": getattr(recorder.evaluator, "misses", None),
+            "cache_hits": getattr(recorder.evaluator, "hits", None),
+            "seconds": getattr(recorder.evaluator, "seconds", None),
+        },
+    }
+    write_json(out / "summary.json", summary)
+    title = f"{cfg.model.name} on {cfg.dataset.name}: {recorder.agent}"
+    pareto_figure(
+        out / "pareto.png",
+        recorder.searched(),
+        references,
+        best,
+        reference_cost,
+        metric,
+        space.budget,
+        float_accuracy,
+        title,
+    )
+    params = [layer.weight_params for layer in space.inventory]
+    bits_figure(out / "bits.png", policy, params, f"{title} (chosen policy)")
+    console.print(_summary_table(best, references, reference_cost, float_accuracy, metric))
+    console.print(f"policy: {out / 'policy.yaml'}  (next: qsearch finetune policy={out})")
+
+
+def _row(evaluation: Evaluation, reference_cost: float) -> dict[str, Any]:
+    return {
+        "val_accuracy": evaluation.accuracy,
+        "cost": evaluation.cost,
+        "cost_vs_8bit": evaluation.cost / reference_cost,
+        "feasible": evaluation.feasible,
+        "w_bits": evaluation.w_bits,
+        "a_bits": evaluation.a_bits,
+    }
+
+
+def _summary_table(
+    best: Evaluation,
+    references: dict[str, Evaluation],
+    reference_cost: float,
+    float_accuracy: float,
+    metric: str,
+) -> Table:
+    table = Table(title=f"search result (float val accuracy {float_accuracy:.2f} %)")
+    for column in ("policy", "val acc %", f"{metric} vs 8-bit", "weight bits", "activation bits"):
+        table.add_column(column)
+    table.add_row(
+        "[bold]found",
+        f"{best.accuracy:.2f}",
+        f"{best.cost / reference_cost:.3f}",
+        bits_text(best.w_bits),
+        bits_text(best.a_bits),
+    )
+    for label, evaluation in references.items():
+        table.add_row(
+            f"uniform {label}",
+            f"{evaluation.accuracy:.2f}",
+            f"{evaluation.cost / reference_cost:.3f}",
+            bits_text(evaluation.w_bits),
+            bits_text(evaluation.a_bits),
+        )
+    return table

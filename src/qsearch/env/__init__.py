@@ -1,0 +1,1 @@
+"""The search environment: search space, policy evaluator, recorder and gymnasium envs."""

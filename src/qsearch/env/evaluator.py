@@ -1,0 +1,203 @@
+"""Policy -> validation accuracy, by short retraining, cached on disk.
+
+The reward of every search step comes from here (ReLeQ: "after each action, short
+retraining"; HAQ: a short fine-tune of the constrained policy). Accuracy is measured on
+the validation split, never the test split. Results are cached in an append-only JSONL
+file keyed by everything that determines them (model, dataset, float checkpoint,
+quantizer, retraining recipe, seed), so no configuration is retrained twice: not within a
+search, not across episodes, not across resumed or repeated runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qsearch.data import DataSplits, TensorLoader, eval_loader
+from qsearch.data.loader import Augment
+from qsearch.data.tensors import split_off
+from qsearch.quant.layers import QuantizerSpec, calibrate, quantize_model
+from qsearch.quant.policy import Policy
+from qsearch.train.loop import (
+    build_optimizer,
+    cosine_schedule,
+    cross_entropy_loss,
+    evaluate,
+    train_one_epoch,
+)
+from qsearch.train.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Short retraining inside the search. ``steps=0`` evaluates without retraining.
+
+    ``train_subset``/``val_subset``: sample counts (None = the whole split).
+    """
+
+    steps: int = 100
+    lr: float = 0.01
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    train_subset: int | None = None
+    val_subset: int | None = None
+
+
+class EvalCache:
+    """Append-only JSONL of ``{"key": policy key, "accuracy": %, "seconds": s}`` lines.
+
+    Appends are single short writes with ``O_APPEND``, so parallel searches can share a file
+    and a crash loses at most the line being written (a torn last line is skipped).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, float]] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["key"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def get(self, key: str) -> dict[str, float] | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, accuracy: float, seconds: float) -> None:
+        entry = {"key": key, "accuracy": accuracy, "seconds": seconds}
+        self.entries[key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Validation accuracy (%) of a policy, the seconds it took, and whether it was cached."""
+
+    accuracy: float
+    seconds: float
+    cached: bool
+
+
+class PolicyEvaluator:
+    """Accuracy of a policy after short retraining from the float weights.
+
+    Deterministic for a seed: the same policy always gets the same accuracy (on the same
+    machine and precision), which is what makes caching sound.
+    """
+
+    def __init__(
+        self,
+        float_model: nn.Module,
+        data: DataSplits,
+        runtime: Runtime,
+        spec: QuantizerSpec,
+        retrain: RetrainConfig,
+        *,
+        seed: int,
+        augment: Augment | None = None,
+        cache_dir: Path | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        self.float_model = float_model.cpu().eval()
+        self.data, self.runtime, self.spec, self.retrain = data, runtime, spec, retrain
+        self.seed = seed
+        device = str(runtime.device)
+        train = data.train
+        if retrain.train_subset is not None and retrain.train_subset < len(train):
+            _, train = split_off(train, retrain.train_subset, seed)
+        self.train_loader = TensorLoader(
+            train,
+            data.info,
+            retrain.batch_size,
+            shuffle=True,
+            augment=augment,
+            drop_last=len(train) > retrain.batch_size,
+            seed=seed,
+            device=device,
+        )
+        val = data.val
+        if retrain.val_subset is not None and retrain.val_subset < len(val):
+            _, val = split_off(val, retrain.val_subset, seed)
+        self.val_loader = TensorLoader(val, data.info, 512, device=device)
+        self.calibration = next(iter(eval_loader(data, "train", batch_size=256, device=device)))[0]
+        context = {
+            **(context or {}),
+            "retrain": asdict(retrain),
+            "seed": seed,
+            "quantizer": spec.name,
+            "bf16": runtime.bf16,
+        }
+        self.context_key = hashlib.sha256(
+            json.dumps(context, sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+        self.cache = EvalCache(cache_dir / f"{self.context_key}.jsonl") if cache_dir else None
+        self.hits = self.misses = 0
+        self.seconds = 0.0
+
+    def float_accuracy(self) -> float:
+        """Validation accuracy (%) of the float model on the evaluator's validation set."""
+        model = self.runtime.prepare(copy.deepcopy(self.float_model))
+        return evaluate(model, self.val_loader, self.runtime).accuracy
+
+    def __call__(self, policy: Policy) -> EvalResult:
+        key = policy.key()
+        if self.cache is not None and (entry := self.cache.get(key)) is not None:
+            self.hits += 1
+            return EvalResult(float(entry["accuracy"]), float(entry["seconds"]), cached=True)
+        start = time.perf_counter()
+        accuracy = self._retrain_and_evaluate(policy)
+        seconds = time.perf_counter() - start
+        self.misses += 1
+        self.seconds += seconds
+        if self.cache is not None:
+            self.cache.put(key, accuracy, seconds)
+        return EvalResult(accuracy, seconds, cached=False)
+
+    def _retrain_and_evaluate(self, policy: Policy) -> float:
+        torch.manual_seed(self.seed)
+        model = quantize_model(copy.deepcopy(self.float_model), policy, self.spec)
+        model = self.runtime.prepare(model)
+        calibrate(model, self.calibration)
+        steps = self.retrain.steps
+        if steps > 0:
+            recipe = {
+                "lr": self.retrain.lr,
+                "momentum": self.retrain.momentum,
+                "nesterov": True,
+                "weight_decay": self.retrain.weight_decay,
+            }
+            optimizer = build_optimizer(model, recipe)
+            scheduler = cosine_schedule(optimizer, steps)
+            loss_fn = cross_entropy_loss()
+            epoch, done = 0, 0
+            while done < steps:
+                self.train_loader.set_epoch(epoch)
+                batch_steps = min(steps - done, len(self.train_loader))
+                train_one_epoch(
+                    model,
+                    self.train_loader,
+                    optimizer,
+                    scheduler,
+                    self.runtime,
+                    loss_fn=loss_fn,
+                    max_steps=batch_steps,
+                )
+                done += batch_steps
+                epoch += 1
+        return evaluate(model, self.val_loader, self.runtime).accuracy

@@ -1,0 +1,289 @@
+"""Every policy a search evaluates, the evaluation budget, and the best policy so far.
+
+All agents evaluate policies through :meth:`SearchRecorder.evaluate`, so they share one
+budget unit (a distinct policy evaluated; asking again for a policy this run has seen is
+free), one ranking of results, and one log: ``evaluations.csv`` (every distinct policy)
+and ``episodes.csv`` (every episode, or every proposal of a non-RL agent). Both are
+appended line by line, so a killed search loses nothing it evaluated, and a resumed one
+reloads them.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qsearch.env.evaluator import EvalResult
+from qsearch.env.rewards import ReleqReward
+from qsearch.env.space import SearchSpace
+from qsearch.quant.policy import Policy
+
+
+class BudgetExhausted(Exception):
+    """Raised when an agent asks for a new evaluation after the budget is spent."""
+
+
+@dataclass
+class Evaluation:
+    """One evaluated policy. ``objective`` ranks policies (see :class:`Objective`)."""
+
+    index: int
+    episode: int
+    w_bits: list[int]
+    a_bits: list[int]
+    accuracy: float
+    cost: float
+    feasible: bool
+    objective: float
+    seconds: float
+    cached: bool
+    reference: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> tuple[bool, float, float]:
+        return (self.feasible, self.objective, -self.cost)
+
+
+@dataclass
+class Objective:
+    """How policies are ranked, identical for every agent.
+
+    With a budget: feasible policies first, then validation accuracy, then lower cost (the
+    HAQ formulation). Without: ReLeQ's reward of (State of Quantization, accuracy / float
+    accuracy), which trades bits against accuracy.
+    """
+
+    space: SearchSpace
+    float_accuracy: float
+    releq: ReleqReward
+
+    def __call__(self, policy: Policy, accuracy: float) -> float:
+        if self.space.budget is not None:
+            return accuracy
+        state_quant = self.space.state_quant(policy, self.releq.state_quant_weighting)
+        return self.releq(state_quant, accuracy / self.float_accuracy)
+
+
+EvaluationHook = Callable[["Evaluation", "SearchRecorder"], None]
+
+_EVAL_FIELDS = [
+    "index",
+    "episode",
+    "agent",
+    "w_bits",
+    "a_bits",
+    "accuracy",
+    "cost",
+    "feasible",
+    "objective",
+    "seconds",
+    "cached",
+    "reference",
+]
+_EPISODE_FIELDS = [
+    "episode",
+    "agent",
+    "w_bits",
+    "a_bits",
+    "accuracy",
+    "cost",
+    "feasible",
+    "return",
+    "steps",
+    "evaluations_used",
+    "wall_seconds",
+]
+
+
+def _bits(text: str) -> list[int]:
+    return [int(b) for b in text.split()]
+
+
+class SearchRecorder:
+    """Evaluates policies within a budget and keeps the search's history on disk."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        evaluator: Callable[[Policy], EvalResult],
+        objective: Objective,
+        *,
+        budget: int,
+        agent: str,
+        run_dir: Path,
+        resume: bool = False,
+        on_evaluation: EvaluationHook | None = None,
+    ) -> None:
+        self.space, self.evaluator, self.objective = space, evaluator, objective
+        self.budget, self.agent, self.run_dir = budget, agent, run_dir
+        self.on_evaluation = on_evaluation
+        self.seen: dict[str, Evaluation] = {}
+        self.episodes: list[dict[str, Any]] = []
+        self.best: Evaluation | None = None
+        self.used = 0
+        self.started = time.perf_counter()
+        self.evaluations_csv = run_dir / "evaluations.csv"
+        self.episodes_csv = run_dir / "episodes.csv"
+        self.metric_names = sorted(space.cost.metrics(space.min_policy()))
+        if resume:
+            self._reload()
+        for path, fields in (
+            (self.evaluations_csv, _EVAL_FIELDS + self.metric_names),
+            (self.episodes_csv, _EPISODE_FIELDS),
+        ):
+            if not path.is_file():
+                with open(path, "w", newline="") as handle:
+                    csv.writer(handle).writerow(fields)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.used >= self.budget
+
+    @property
+    def episode(self) -> int:
+        return len(self.episodes)
+
+    def evaluate(self, policy: Policy, reference: bool = False) -> Evaluation:
+        """Accuracy, cost and objective of ``policy``; charges the budget once per policy.
+
+        ``reference`` evaluations (uniform baselines for the report) are not charged.
+
+        Raises:
+            BudgetExhausted: a new policy was asked for after the budget was spent.
+        """
+        key = policy.key()
+        if key in self.seen:
+            return self.seen[key]
+        if not reference and self.exhausted:
+            raise BudgetExhausted
+        result = self.evaluator(policy)
+        w_bits, a_bits = policy.w_bits, policy.a_bits
+        evaluation = Evaluation(
+            index=len(self.seen),
+            episode=self.episode,
+            w_bits=w_bits,
+            a_bits=a_bits,
+            accuracy=result.accuracy,
+            cost=self.space.cost.total(policy),
+            feasible=self.space.feasible(policy),
+            objective=self.objective(policy, result.accuracy),
+            seconds=result.seconds,
+            cached=result.cached,
+            reference=reference,
+            metrics=self.space.cost.metrics(policy),
+        )
+        self.seen[key] = evaluation
+        if not reference:
+            self.used += 1
+            if self.best is None or evaluation.rank > self.best.rank:
+                self.best = evaluation
+        self._append(
+            self.evaluations_csv,
+            [
+                evaluation.index,
+                evaluation.episode,
+                self.agent,
+                " ".join(map(str, w_bits)),
+                " ".join(map(str, a_bits)),
+                f"{evaluation.accuracy:.4f}",
+                f"{evaluation.cost:.6g}",
+                evaluation.feasible,
+                f"{evaluation.objective:.6f}",
+                f"{evaluation.seconds:.3f}",
+                evaluation.cached,
+                reference,
+                *(f"{evaluation.metrics[name]:.6g}" for name in self.metric_names),
+            ],
+        )
+        if self.on_evaluation is not None:
+            self.on_evaluation(evaluation, self)
+        return evaluation
+
+    def end_episode(self, policy: Policy, episode_return: float, steps: int) -> dict[str, Any]:
+        """Log a finished episode (or a non-RL agent's proposal) ending at ``policy``."""
+        final = self.seen.get(policy.key())
+        row = {
+            "episode": self.episode,
+            "agent": self.agent,
+            "w_bits": " ".join(map(str, policy.w_bits)),
+            "a_bits": " ".join(map(str, policy.a_bits)),
+            "accuracy": final.accuracy if final else math.nan,
+            "cost": self.space.cost.total(policy),
+            "feasible": self.space.feasible(policy),
+            "return": episode_return,
+            "steps": steps,
+            "evaluations_used": self.used,
+            "wall_seconds": round(time.perf_counter() - self.started, 3),
+        }
+        self.episodes.append(row)
+        self._append(self.episodes_csv, [row[name] for name in _EPISODE_FIELDS])
+        return row
+
+    def best_policy(self) -> Policy | None:
+        """The best policy by the objective (feasible ones first), or None."""
+        if self.best is None:
+            return None
+        return Policy.from_bits(
+            self.space.model,
+            self.space.dataset,
+            self.space.names,
+            self.best.w_bits,
+            self.best.a_bits,
+        )
+
+    def searched(self) -> list[Evaluation]:
+        """Evaluations charged to the budget (references excluded), in order."""
+        return [e for e in self.seen.values() if not e.reference]
+
+    @staticmethod
+    def _append(path: Path, row: list[Any]) -> None:
+        with open(path, "a", newline="") as handle:
+            csv.writer(handle).writerow(row)
+
+    def _reload(self) -> None:
+        """Restore the history of an interrupted search from its CSV files."""
+        for path in (self.evaluations_csv, self.episodes_csv):
+            if path.is_file() and not path.read_bytes().endswith(b"\n"):
+                with open(path, "a") as handle:
+                    handle.write("\n")  # end a line torn by the crash
+        if self.evaluations_csv.is_file():
+            with open(self.evaluations_csv, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    try:
+                        evaluation = Evaluation(
+                            index=int(row["index"]),
+                            episode=int(row["episode"]),
+                            w_bits=_bits(row["w_bits"]),
+                            a_bits=_bits(row["a_bits"]),
+                            accuracy=float(row["accuracy"]),
+                            cost=float(row["cost"]),
+                            feasible=row["feasible"] == "True",
+                            objective=float(row["objective"]),
+                            seconds=float(row["seconds"]),
+                            cached=row["cached"] == "True",
+                            reference=row["reference"] == "True",
+                        )
+                    except (AttributeError, KeyError, TypeError, ValueError):
+                        continue  # a line torn by the crash
+                    policy = Policy.from_bits(
+                        self.space.model,
+                        self.space.dataset,
+                        self.space.names,
+                        evaluation.w_bits,
+                        evaluation.a_bits,
+                    )
+                    evaluation.metrics = self.space.cost.metrics(policy)
+                    self.seen[policy.key()] = evaluation
+                    if not evaluation.reference:
+                        self.used += 1
+                        if self.best is None or evaluation.rank > self.best.rank:
+                            self.best = evaluation
+        if self.episodes_csv.is_file():
+            with open(self.episodes_csv, newline="") as handle:
+                self.episodes = [row for row in csv.DictReader(handle) if row.get("wall_seconds")]

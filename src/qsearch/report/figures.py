@@ -1,0 +1,118 @@
+"""Figures of a search: the accuracy-cost Pareto plot and the bits-per-layer chart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from qsearch.env.recorder import Evaluation
+from qsearch.quant.policy import Policy
+from qsearch.utils.io import write_atomic
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated ``(cost, accuracy)`` points (lower cost, higher
+    accuracy), ordered by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_accuracy = [], float("-inf")
+    for index in order:
+        if points[index][1] > best_accuracy:
+            front.append(index)
+            best_accuracy = points[index][1]
+    return front
+
+
+def pareto_figure(
+    path: Path,
+    evaluations: Sequence[Evaluation],
+    references: dict[str, Evaluation],
+    best: Evaluation | None,
+    reference_cost: float,
+    metric: str,
+    budget: float | None,
+    float_accuracy: float,
+    title: str,
+) -> Path:
+    """Validation accuracy vs cost (relative to uniform 8-bit) of every evaluated policy."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    points = [(e.cost / reference_cost, e.accuracy) for e in evaluations]
+    if points:
+        ax.scatter(
+            *zip(*points, strict=True),
+            s=14,
+            color="tab:blue",
+            alpha=0.45,
+            label=f"evaluated ({len(points)})",
+        )
+        front = pareto_front(points)
+        ax.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            color="tab:blue",
+            lw=1.5,
+            label="Pareto front",
+        )
+    for label, evaluation in references.items():
+        x = evaluation.cost / reference_cost
+        ax.scatter([x], [evaluation.accuracy], marker="s", s=40, color="tab:gray", zorder=3)
+        ax.annotate(
+            label,
+            (x, evaluation.accuracy),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+            color="tab:gray",
+        )
+    if best is not None:
+        ax.scatter(
+            [best.cost / reference_cost],
+            [best.accuracy],
+            marker="*",
+            s=180,
+            color="tab:red",
+            zorder=4,
+            label="chosen policy",
+        )
+    if budget is not None:
+        ax.axvline(budget / reference_cost, color="tab:red", ls="--", lw=1, label="budget")
+    ax.axhline(float_accuracy, color="black", ls=":", lw=1, label="float")
+    ax.set_xlabel(f"{metric} relative to uniform 8-bit")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def bits_figure(path: Path, policy: Policy, params: Sequence[int], title: str) -> Path:
+    """Weight and activation bits of each layer of ``policy``, layers in forward order."""
+    names = list(policy.layers)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4), dpi=120)
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], policy.w_bits, width=0.4, label="weights", color="tab:blue")
+    ax.bar([x + 0.2 for x in xs], policy.a_bits, width=0.4, label="activations", color="tab:orange")
+    ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("bits")
+    ax.set_ylim(0, max(8, *policy.w_bits, *policy.a_bits) + 1)
+    twin = ax.twinx()
+    twin.plot(list(xs), params, color="tab:gray", marker=".", lw=1, label="weights (count)")
+    twin.set_yscale("log")
+    twin.set_ylabel("parameters (log)", color="tab:gray")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    try:
+        fig.tight_layout()
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
+    return path

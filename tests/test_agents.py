@@ -1,0 +1,121 @@
+"""Every agent in conf/agent/ spends exactly the evaluation budget on a fake evaluator,
+records episodes, and (RL agents) saves itself so that a resumed search continues."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qsearch.agents import SearchContext
+from qsearch.config import group_options, instantiate_checked
+from qsearch.data import build_data
+from qsearch.env.recorder import Objective, SearchRecorder
+from qsearch.env.rewards import ReleqReward
+from qsearch.env.space import SearchSpace
+from qsearch.models import build_model, model_inventory
+from qsearch.quant.layers import QuantizerSpec
+from qsearch.train.runtime import resolve_runtime
+from tests.conftest import compose
+from tests.test_search_env import FakeEvaluator, bitops_oracle
+
+pytestmark = pytest.mark.filterwarnings("ignore:We recommend you to use a symmetric")
+
+
+def _context(
+    agent: str,
+    tmp_path: Path,
+    budget: int,
+    resume: bool = False,
+    evaluator: FakeEvaluator | None = None,
+    cost_fraction: float | None = None,
+) -> tuple[SearchContext, object]:
+    cfg = compose("search", f"agent={agent}", "runtime.precision=fp32")
+    data = build_data(cfg.dataset)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.info)
+    inventory = model_inventory(model, data.info)
+    search = cfg.search
+    oracle = bitops_oracle(inventory)
+    space = SearchSpace(
+        model="lenet5",
+        dataset="digits",
+        inventory=inventory,
+        w_choices=list(search.w_bits),
+        a_choices=list(search.a_bits),
+        cost=oracle,
+        search_activations=bool(search.search_activations),
+        fixed_a_bits=int(search.fixed_a_bits),
+        pin_first_last=search.pin_first_last,
+    )
+    if cost_fraction is not None:
+        space.budget = cost_fraction * oracle.total(space.uniform(8))
+    reward = instantiate_checked(cfg.reward)
+    objective = Objective(space, 99.0, reward if isinstance(reward, ReleqReward) else ReleqReward())
+    recorder = SearchRecorder(
+        space,
+        evaluator or FakeEvaluator(),
+        objective,
+        budget=budget,
+        agent=agent,
+        run_dir=tmp_path,
+        resume=resume,
+    )
+    ctx = SearchContext(
+        space=space,
+        recorder=recorder,
+        float_accuracy=99.0,
+        reward=reward,
+        run_dir=tmp_path,
+        seed=0,
+        resume=resume,
+        float_model=model,
+        data=data,
+        spec=QuantizerSpec.from_config(cfg.quantizer),
+        runtime=resolve_runtime(cfg.runtime),
+    )
+    return ctx, instantiate_checked(cfg.agent, _convert_="all")
+
+
+AGENTS = group_options("agent")
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_agent_spends_its_budget(agent: str, tmp_path: Path) -> None:
+    budget = 5 if agent == "uniform" else 12
+    fraction = 0.6 if agent == "haq" else None
+    ctx, search_agent = _context(agent, tmp_path, budget, cost_fraction=fraction)
+    search_agent.search(ctx)
+    expected = len(ctx.space.w_choices) if agent == "uniform" else budget
+    assert ctx.recorder.used == expected
+    assert ctx.recorder.episode >= 1 and ctx.recorder.best is not None
+    if fraction is not None:
+        assert ctx.recorder.best.feasible
+
+
+@pytest.mark.parametrize("agent", ["releq", "haq", "bayes"])
+def test_agent_resumes_without_paying_twice(agent: str, tmp_path: Path) -> None:
+    fraction = 0.6 if agent == "haq" else None
+    ctx, search_agent = _context(agent, tmp_path, 8, cost_fraction=fraction)
+    search_agent.search(ctx)
+    assert ctx.recorder.used == 8
+    saved = {"releq": "agent.zip", "haq": "replay_buffer.pkl", "bayes": "optuna.db"}[agent]
+    assert (tmp_path / saved).is_file()
+    evaluator = FakeEvaluator()
+    resumed, agent_again = _context(
+        agent, tmp_path, 14, resume=True, evaluator=evaluator, cost_fraction=fraction
+    )
+    assert resumed.recorder.used == 8
+    agent_again.search(resumed)
+    assert resumed.recorder.used == 14
+    assert evaluator.calls == 6  # the policies seen before the restart are not paid again
+
+
+def test_hawq_sensitivity_orders_bits(tmp_path: Path) -> None:
+    ctx, search_agent = _context("hawq", tmp_path, 6)
+    names = [ctx.space.inventory[i].name for i in ctx.space.searchable]
+    omega = search_agent._sensitivities(ctx, names)
+    assert omega.shape == (len(names), len(ctx.space.w_choices))
+    assert (omega[:, 0] > omega[:, -1]).all()  # 2 bits perturb more than 8 bits
+    assert (tmp_path / "hawq_sensitivity.json").is_file()

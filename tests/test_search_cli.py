@@ -1,0 +1,106 @@
+"""``qsearch search`` end to end on digits: outputs, budget errors, kill + resume, finetune."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from qsearch.quant.policy import Policy
+from tests.test_cli import _qsearch
+
+FAST = ["train.epochs=3", "evaluator.steps=5", "runtime.precision=fp32"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_search_then_finetune_latest(tmp_path: Path) -> None:
+    result = _qsearch("search", "agent=random", "budget.evaluations=6", *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = next((tmp_path / "outputs" / "search").iterdir())
+    files = {p.name for p in run.iterdir()}
+    assert {
+        "policy.yaml",
+        "episodes.csv",
+        "evaluations.csv",
+        "pareto.png",
+        "bits.png",
+        "summary.json",
+    } <= files
+    evaluations = _rows(run / "evaluations.csv")
+    charged = [row for row in evaluations if row["reference"] == "False"]
+    assert len(charged) == 6 and len({r["w_bits"] for r in charged}) == 6
+    assert len(_rows(run / "episodes.csv")) == 6
+    policy = Policy.load(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert policy.w_bits == summary["best"]["w_bits"]
+    assert policy.w_bits[0] == policy.w_bits[-1] == 8  # first and last layer pinned
+    assert policy.metadata["agent"] == "random" and policy.metadata["evaluations"] == 6
+    assert set(summary["references"]) == {"W8", "W4", "W2"}
+    assert "found" in result.stdout and "uniform W2" in result.stdout
+
+    tuned = _qsearch("finetune", "policy=latest", "finetune.epochs=1", "train.epochs=3",
+                     "runtime.precision=fp32", cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr
+    finetuned = next((tmp_path / "outputs" / "finetune").iterdir())
+    assert Policy.load(finetuned).layers == policy.layers
+
+
+def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
+    result = _qsearch("search", "budget.cost_fraction=0.01", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot be met" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "cache" / "float").exists()  # no float model was trained
+    assert not list(tmp_path.glob("outputs/search/*"))
+
+
+def test_haq_without_budget_is_a_user_error(tmp_path: Path) -> None:
+    result = _qsearch("search", "agent=haq", *FAST, cwd=tmp_path)
+    assert result.returncode == 2 and "reward=haq needs a budget" in result.stderr
+
+
+def test_killed_search_resumes_without_paying_twice(tmp_path: Path) -> None:
+    args = ["search", "agent=releq", "budget.evaluations=14", "reward.every=step", *FAST]
+    env = {**os.environ, "QSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qsearch.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = None
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        logs = list(tmp_path.glob("outputs/search/*/evaluations.csv"))
+        if logs and len(_rows(logs[0])) >= 7:
+            log = logs[0]
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert log is not None, "the search did not get going"
+    run = log.parent
+    before = {(r["w_bits"], r["a_bits"]) for r in _rows(log)}
+
+    resumed = _qsearch("search", f"resume={run}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = _rows(log)
+    keys = [(r["w_bits"], r["a_bits"]) for r in rows]
+    assert len(keys) == len(set(keys))  # nothing evaluated twice
+    assert before <= set(keys)  # nothing lost
+    assert sum(r["reference"] == "False" for r in rows) == 14
+    cache_lines = sum(
+        len(p.read_text().splitlines()) for p in (tmp_path / "cache" / "evals").glob("*.jsonl")
+    )
+    assert cache_lines == len(keys)  # each policy was retrained exactly once
+    assert (run / "policy.yaml").is_file()
+    assert len(list((tmp_path / "outputs" / "search").iterdir())) == 1

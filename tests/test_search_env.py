@@ -1,0 +1,246 @@
+"""The search machinery on a fake evaluator: space, budget projection, rewards, recorder,
+the two gymnasium envs (gymnasium's and SB3's env checkers) and every agent."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from qsearch.env.evaluator import EvalResult
+from qsearch.env.quant_env import HaqEnv, ReleqEnv, action_to_bits
+from qsearch.env.recorder import BudgetExhausted, Objective, SearchRecorder
+from qsearch.env.rewards import HaqReward, ReleqReward, releq_reward
+from qsearch.env.space import CostOracle, SearchSpace
+from qsearch.errors import UserError
+from qsearch.models.inventory import LayerInfo, layer_inventory
+from qsearch.models.lenet import LeNet5
+from qsearch.quant.policy import Policy
+
+INVENTORY = layer_inventory(LeNet5(), (1, 28, 28))  # MACs 117600, 240000, 48000, 10080, 840
+
+
+def bitops_oracle(inventory: list[LayerInfo] = INVENTORY) -> CostOracle:
+    """BitOPs (MACs x w_bits x a_bits), computed independently of qsearch.hardware."""
+
+    def per_layer(policy: Policy) -> list[float]:
+        return [
+            layer.macs * policy.layers[layer.name].w_bits * policy.layers[layer.name].a_bits
+            for layer in inventory
+        ]
+
+    return CostOracle("bitops", per_layer, lambda p: {"bitops": float(sum(per_layer(p)))})
+
+
+def make_space(**kwargs: object) -> SearchSpace:
+    args = {"w_choices": [2, 3, 4, 5, 8], "a_choices": [2, 4, 8]} | kwargs
+    return SearchSpace(
+        model="lenet5", dataset="mnist", inventory=INVENTORY, cost=bitops_oracle(), **args
+    )  # type: ignore[arg-type]
+
+
+class FakeEvaluator:
+    """Accuracy falls as bits fall: 99 - sum over layers of 8 / bits (deterministic)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, policy: Policy) -> EvalResult:
+        self.calls += 1
+        penalty = sum(2.0 / b for b in policy.w_bits) + sum(1.0 / b for b in policy.a_bits)
+        return EvalResult(accuracy=99.0 - penalty, seconds=0.0, cached=False)
+
+
+def make_recorder(
+    space: SearchSpace,
+    tmp_path: Path,
+    budget: int = 50,
+    resume: bool = False,
+    evaluator: FakeEvaluator | None = None,
+) -> SearchRecorder:
+    objective = Objective(space, float_accuracy=99.0, releq=ReleqReward())
+    return SearchRecorder(
+        space,
+        evaluator or FakeEvaluator(),
+        objective,
+        budget=budget,
+        agent="test",
+        run_dir=tmp_path,
+        resume=resume,
+    )
+
+
+def test_space_pins_first_and_last() -> None:
+    space = make_space()
+    assert space.searchable == [1, 2, 3]
+    policy = space.policy([2, 3, 4])
+    assert policy.w_bits == [8, 2, 3, 4, 8] and policy.a_bits == [8, 8, 8, 8, 8]
+    assert space.searched_bits(policy) == ([2, 3, 4], [8, 8, 8])
+    assert make_space(pin_first_last=None).searchable == [0, 1, 2, 3, 4]
+
+
+def test_state_quant_hand_computed() -> None:
+    space = make_space()
+    policy = space.policy([2, 4, 8])
+    assert space.state_quant(policy) == pytest.approx((2 + 4 + 8) / (8 * 3))
+    macs = [240000, 48000, 10080]
+    expected = (2 * macs[0] + 4 * macs[1] + 8 * macs[2]) / (8 * sum(macs))
+    assert space.state_quant(policy, "macs") == pytest.approx(expected)
+
+
+def test_budget_projection_walks_from_the_last_layer() -> None:
+    space = make_space(search_activations=True)
+    full = space.policy([8, 8, 8], [8, 8, 8])
+    space.budget = space.cost.total(full) - 1  # one step off the last layer is enough
+    projected = space.enforce_budget(full)
+    assert space.searched_bits(projected) == ([8, 8, 8], [8, 8, 4])  # activation first
+    assert space.feasible(projected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    w=st.lists(st.sampled_from([2, 3, 4, 5, 8]), min_size=3, max_size=3),
+    a=st.lists(st.sampled_from([2, 4, 8]), min_size=3, max_size=3),
+    fraction=st.floats(0.05, 1.2),
+)
+def test_projection_always_fits_and_never_raises_bits(
+    w: list[int], a: list[int], fraction: float
+) -> None:
+    space = make_space(search_activations=True)
+    space.budget = fraction * space.cost.total(space.uniform(8))
+    if space.cost.total(space.min_policy()) > space.budget:
+        with pytest.raises(UserError, match="cannot be met"):
+            space.check_budget()
+        return
+    policy = space.policy(w, a)
+    projected = space.enforce_budget(policy)
+    assert space.feasible(projected)
+    assert all(p <= o for p, o in zip(projected.w_bits, policy.w_bits, strict=True))
+    assert all(p <= o for p, o in zip(projected.a_bits, policy.a_bits, strict=True))
+    if space.feasible(policy):
+        assert projected.key() == policy.key()
+
+
+def test_impossible_budget_is_a_user_error() -> None:
+    space = make_space()
+    space.budget = 1.0
+    with pytest.raises(UserError, match=r"budget 1 \(bitops\) cannot be met"):
+        space.check_budget()
+
+
+def test_releq_reward_hand_values() -> None:
+    assert releq_reward(0.5, 0.3, a=0.8, b=1.0, threshold=0.4) == -1.0
+    assert releq_reward(0.5, 1.0, 0.8, 1.0, 0.4) == pytest.approx(1 - 0.5**0.8)
+    assert releq_reward(0.25, 0.9, 0.8, 1.0, 0.4) == pytest.approx(
+        (1 - 0.25**0.8) * 0.9 ** (1 / 0.9)
+    )
+    assert releq_reward(0.2, 1.0, 0.8, 1.0, 0.4) > releq_reward(0.6, 1.0, 0.8, 1.0, 0.4)
+    assert releq_reward(0.5, 0.95, 0.8, 1.0, 0.4) < releq_reward(0.5, 1.0, 0.8, 1.0, 0.4)
+
+
+def test_haq_reward_with_moving_baseline() -> None:
+    reward = HaqReward(scale=0.1, baseline_alpha=0.5)
+    assert reward(98.0, 99.0) == pytest.approx(0.0)  # first reward is the baseline
+    assert reward(99.0, 99.0) == pytest.approx(0.0 - (-0.05))  # baseline -0.1 -> -0.05
+    assert HaqReward(baseline_alpha=None)(97.0, 99.0) == pytest.approx(-0.2)
+
+
+def test_action_to_bits_matches_haq_formula() -> None:
+    choices = [2, 3, 4, 5, 6, 7, 8]
+    for a in np.linspace(0, 1, 101):
+        haq = round(2 - 0.5 + a * (8 - 2 + 1))
+        assert action_to_bits(a, choices) == min(max(haq, 2), 8) or abs(a * 7 % 1 - 0.5) < 1e-9
+
+
+def test_recorder_charges_each_policy_once_and_logs(tmp_path: Path) -> None:
+    space = make_space()
+    evaluator = FakeEvaluator()
+    recorder = make_recorder(space, tmp_path, budget=2, evaluator=evaluator)
+    first = recorder.evaluate(space.policy([2, 2, 2]))
+    assert recorder.evaluate(space.policy([2, 2, 2])) is first
+    recorder.evaluate(space.uniform(8), reference=True)  # not charged
+    recorder.evaluate(space.policy([4, 4, 4]))
+    assert recorder.used == 2 and recorder.exhausted and evaluator.calls == 3
+    with pytest.raises(BudgetExhausted):
+        recorder.evaluate(space.policy([5, 5, 5]))
+    recorder.end_episode(space.policy([4, 4, 4]), 0.5, 3)
+    with open(tmp_path / "evaluations.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and rows[1]["reference"] == "True"
+    assert rows[0]["bitops"] == f"{space.cost.total(space.policy([2, 2, 2])):.6g}"
+    with open(tmp_path / "episodes.csv") as handle:
+        episodes = list(csv.DictReader(handle))
+    assert episodes[0]["w_bits"] == "8 4 4 4 8" and episodes[0]["return"] == "0.5"
+
+
+def test_recorder_resume_restores_budget_and_best(tmp_path: Path) -> None:
+    space = make_space()
+    recorder = make_recorder(space, tmp_path, budget=5)
+    for bits in (2, 3, 4):
+        recorder.evaluate(space.uniform(bits))
+    recorder.end_episode(space.uniform(4), 1.0, 3)
+    with open(tmp_path / "evaluations.csv", "a") as handle:
+        handle.write("3,0,test,8 2")  # a line torn by a crash
+    evaluator = FakeEvaluator()
+    resumed = make_recorder(space, tmp_path, budget=5, resume=True, evaluator=evaluator)
+    assert resumed.used == 3 and resumed.episode == 1
+    assert resumed.best is not None and resumed.best.w_bits == recorder.best.w_bits
+    resumed.evaluate(space.uniform(3))
+    assert evaluator.calls == 0  # already paid for before the crash
+
+
+def test_objective_prefers_feasible_then_accuracy(tmp_path: Path) -> None:
+    space = make_space()
+    space.budget = space.cost.total(space.uniform(4))
+    recorder = make_recorder(space, tmp_path)
+    recorder.evaluate(space.uniform(8))  # most accurate but over budget
+    recorder.evaluate(space.uniform(2))
+    recorder.evaluate(space.uniform(4))
+    assert recorder.best is not None and recorder.best.w_bits == [8, 4, 4, 4, 8]
+
+
+@pytest.mark.parametrize("every", ["step", "episode"])
+def test_releq_env_passes_checkers_and_rewards(every: str, tmp_path: Path) -> None:
+    space = make_space()
+    recorder = make_recorder(space, tmp_path, budget=1000)
+    env = ReleqEnv(space, recorder, ReleqReward(every=every), 99.0, [0.1] * 5)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (8,) and obs[1] == 1.0  # the first layer starts at 8 bits
+    rewards = []
+    for action in (0, 0, 0):  # 2 bits everywhere
+        obs, reward, terminated, truncated, _ = env.step(action)
+        rewards.append(reward)
+    assert terminated and not truncated
+    policy = space.policy([2, 2, 2])
+    accuracy = FakeEvaluator()(policy).accuracy
+    expected = releq_reward(space.state_quant(policy), accuracy / 99.0, 0.8, 1.0, 0.4)
+    assert rewards[-1] == pytest.approx(expected)
+    assert (rewards[0] != 0) == (every == "step")
+
+
+@pytest.mark.filterwarnings("ignore:We recommend you to use a symmetric")
+def test_haq_env_passes_checkers_and_respects_budget(tmp_path: Path) -> None:
+    space = make_space(
+        w_choices=[2, 3, 4, 5, 6, 7, 8], a_choices=[2, 3, 4, 5, 6, 7, 8], search_activations=True
+    )
+    space.budget = 0.5 * space.cost.total(space.uniform(8))
+    recorder = make_recorder(space, tmp_path, budget=1000)
+    env = HaqEnv(space, recorder, HaqReward(baseline_alpha=None), 99.0)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env)
+    env.reset(seed=0)
+    assert len(env.plan) == 6
+    for _ in range(5):
+        _, reward, terminated, _, _ = env.step(np.array([1.0], np.float32))
+        assert reward == 0.0 and not terminated
+    _, reward, terminated, _, info = env.step(np.array([1.0], np.float32))
+    assert terminated and info["cost"] <= space.budget
+    assert reward == pytest.approx(0.1 * (info["accuracy"] - 99.0))
