@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, open_dict
 
 from qsearch.config import compose_config
+from qsearch.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("QSEARCH_DATA_DIR", REPO / "data"))
@@ -20,6 +22,19 @@ def compose(command: str, *overrides: str) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def compose_filled(command: str, *overrides: str) -> DictConfig:
+    """Like :func:`compose`, with placeholder values for keys that must be set (``???``)."""
+    filled: list[str] = []
+    while True:
+        try:
+            return compose(command, *overrides, *filled)
+        except UserError as exc:
+            missing = re.match(r"(\S+) must be set", str(exc))
+            if missing is None or len(filled) > 5:
+                raise
+            filled.append(f"{missing.group(1)}=placeholder")
 
 
 @pytest.fixture

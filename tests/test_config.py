@@ -9,7 +9,7 @@ from qsearch.commands import COMMANDS
 from qsearch.config import config_dir, group_options
 from qsearch.data import build_data
 from qsearch.errors import UserError
-from tests.conftest import compose
+from tests.conftest import compose, compose_filled
 
 GROUPS = sorted(
     p.name
@@ -33,8 +33,13 @@ def _targets(node: object) -> list[str]:
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_has_a_primary_config(command: str) -> None:
-    cfg = compose(command)
-    assert cfg.seed == 0
+    assert compose_filled(command).seed == 0
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_missing_required_key_is_named(command: str) -> None:
+    with pytest.raises(UserError, match=r"checkpoint must be set \(add checkpoint=\.\.\."):
+        compose(command)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
@@ -42,9 +47,9 @@ def test_every_group_option_composes_and_its_targets_import(group: str, option: 
     from omegaconf import OmegaConf
 
     key = PACKAGE.get(group, group)
-    command = next(c for c in COMMANDS if key in compose(c))
+    command = next(c for c in COMMANDS if key in compose_filled(c))
     override = f"{group}@{key}={option}" if key != group else f"{group}={option}"
-    cfg = compose(command, override)
+    cfg = compose_filled(command, override)
     node = OmegaConf.to_container(cfg[key], resolve=False)
     for target in _targets(node):
         assert callable(get_object(target)), target

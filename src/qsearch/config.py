@@ -146,6 +146,10 @@ def compose_config(command: str, overrides: list[str]) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_one_line(exc)) from exc
     _check_value_types(cfg, defaults, [p for p in parsed if not p.is_sweep_override()])
+    job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    missing = sorted(OmegaConf.missing_keys(job))
+    if missing:
+        raise UserError(f"{missing[0]} must be set (add {missing[0]}=... to the command line)")
     return cfg
 
 
