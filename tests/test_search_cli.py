@@ -47,8 +47,14 @@ def test_search_then_finetune_latest(tmp_path: Path) -> None:
     assert set(summary["references"]) == {"W8", "W4", "W2"}
     assert "found" in result.stdout and "uniform W2" in result.stdout
 
-    tuned = _qsearch("finetune", "policy=latest", "finetune.epochs=1", "train.epochs=3",
-                     "runtime.precision=fp32", cwd=tmp_path)
+    tuned = _qsearch(
+        "finetune",
+        "policy=latest",
+        "finetune.epochs=1",
+        "train.epochs=3",
+        "runtime.precision=fp32",
+        cwd=tmp_path,
+    )
     assert tuned.returncode == 0, tuned.stderr
     finetuned = next((tmp_path / "outputs" / "finetune").iterdir())
     assert Policy.load(finetuned).layers == policy.layers
