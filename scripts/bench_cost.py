@@ -15,10 +15,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from omegaconf import open_dict
-
 from _bench import markdown_table, save_json, update_doc_section
-from qsearch.config import compose_config
+from qsearch.config import job_config
 from qsearch.data import dataset_shape
 from qsearch.hardware import CostModel, build_cost_model, cost_table, preset_names
 from qsearch.models import build_model, model_inventory
@@ -33,9 +31,7 @@ Rule = Callable[[LayerInfo], tuple[int, int]]
 
 
 def inventory(model: str) -> list[LayerInfo]:
-    cfg = compose_config("cost", [f"model={model}", f"dataset={DATASET}"])
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = job_config("cost", [f"model={model}", f"dataset={DATASET}"])
     info = dataset_shape(cfg.dataset)
     return model_inventory(build_model(cfg.model, info), info)
 

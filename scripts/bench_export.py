@@ -20,11 +20,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from _bench import REPO, markdown_table, save_json, update_doc_section
-from qsearch.config import compose_config
+from _bench import markdown_table, save_json, update_doc_section
+from qsearch.config import job_config
 from qsearch.data import build_data, dataset_shape, eval_loader
 from qsearch.errors import UserError
 from qsearch.export.onnx_export import check_onnxruntime, export_onnx, onnxruntime_available
@@ -48,11 +48,7 @@ CASES = [  # (model, dataset, policy): uniform bits, or MIXED
 
 
 def _config(model: str, dataset: str) -> DictConfig:
-    cfg = compose_config("train", [f"model={model}", f"dataset={dataset}"])
-    with open_dict(cfg):
-        del cfg["hydra"]
-        cfg.quantizer = OmegaConf.load(REPO / "conf" / "quantizer" / "lsq.yaml")
-    return cfg
+    return job_config("finetune", [f"model={model}", f"dataset={dataset}", "quantizer=lsq"])
 
 
 def _policy(model: str, dataset: str, names: list[str], bits: int | str) -> Policy:

@@ -22,10 +22,10 @@ import time
 from itertools import islice
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from _bench import markdown_table, save_json, update_doc_section
-from qsearch.config import compose_config
+from qsearch.config import job_config
 from qsearch.data import build_data, train_loader
 from qsearch.errors import UserError
 from qsearch.models import build_model
@@ -42,10 +42,7 @@ PIPELINE_PAIRS = ("lenet5-mnist", "resnet20-cifar10")
 
 
 def _config(model: str, dataset: str) -> DictConfig:
-    cfg = compose_config("train", [f"model={model}", f"dataset={dataset}"])
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return job_config("train", [f"model={model}", f"dataset={dataset}"])
 
 
 def accuracy_row(name: str) -> dict:

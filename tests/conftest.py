@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from qsearch.config import compose_config
+from qsearch.config import job_config
 from qsearch.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -18,10 +18,7 @@ DATA_ROOT = Path(os.environ.get("QSEARCH_DATA_DIR", REPO / "data"))
 
 def compose(command: str, *overrides: str) -> DictConfig:
     """The config a ``qsearch <command> <overrides>`` run would get (hydra node removed)."""
-    cfg = compose_config(command, list(overrides))
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return job_config(command, list(overrides))
 
 
 def compose_filled(command: str, *overrides: str) -> DictConfig:

@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from qsearch.errors import UserError
@@ -196,3 +196,14 @@ def thaw_config(
     return OmegaConf.create(
         {"data_root": data_root, "cache_dir": cache_dir, **yaml.safe_load(text)}
     )
+
+
+def job_config(command: str, overrides: list[str] | None = None) -> DictConfig:
+    """The config ``qsearch <command> <overrides>`` would run with, minus Hydra's own node.
+
+    For the Python API, scripts and tests: same composition and validation as the CLI.
+    """
+    cfg = compose_config(command, list(overrides or []))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

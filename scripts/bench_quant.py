@@ -1,0 +1,341 @@
+"""Quantization benchmark: LSQ fine-tuning accuracy, the periodic regularizer, LSQ overhead.
+
+    python scripts/bench_quant.py                      # every case (~1 h on 2 CPU cores)
+    python scripts/bench_quant.py --only lenet5-mnist  # one group of cases
+    python scripts/bench_quant.py --only overhead
+
+Accuracy: `qsearch finetune` (LSQ, periodic regularizer on, no distillation) from the
+cached float checkpoint, first and last layer at 8 bits, the dataset's default fine-tune
+epochs unless --resnet-epochs says otherwise; test accuracy before and after, and the loss
+against float. Regularizer: the same case with lambda_max=0. Overhead: the time of a
+training step of the LSQ W4A4 model over the float model's, same batch, alternating
+repeats in one run (median of 5); and, where brevitas is installed, our LSQ conv against
+brevitas's QuantConv2d at the same bits.
+Results merge into benchmarks/quant.json by case, so groups can be run separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from _bench import RESULTS_DIR, markdown_table, save_json, update_doc_section
+from qsearch.config import job_config
+from qsearch.data import build_data, train_loader
+from qsearch.errors import UserError
+from qsearch.models import build_model, model_inventory
+from qsearch.quant.layers import QuantizerSpec
+from qsearch.quant.policy import resolve_policy
+from qsearch.train.finetune import build_quantized, finetune
+from qsearch.train.float_model import load_float_weights, train_float
+from qsearch.train.loop import build_optimizer, cross_entropy_loss, train_one_epoch
+from qsearch.train.runtime import resolve_runtime
+
+# case name: (model, dataset, w_bits, a_bits, regularizer on, target loss in points or None)
+CASES = {
+    "lenet5-mnist-w4a4": ("lenet5", "mnist", 4, 4, True, 0.3),
+    "lenet5-mnist-w3a3": ("lenet5", "mnist", 3, 3, True, None),
+    "lenet5-mnist-w2a3": ("lenet5", "mnist", 2, 3, True, None),
+    "lenet5-mnist-w2a2": ("lenet5", "mnist", 2, 2, True, None),
+    "lenet5-mnist-w2a2-noreg": ("lenet5", "mnist", 2, 2, False, None),
+    "lenet5-mnist-w3a3-noreg": ("lenet5", "mnist", 3, 3, False, None),
+    "resnet20-cifar10-w4a4": ("resnet20", "cifar10", 4, 4, True, 1.0),
+    "resnet20-cifar10-w3a3": ("resnet20", "cifar10", 3, 3, True, None),
+    "resnet20-cifar10-w2a2": ("resnet20", "cifar10", 2, 2, True, None),
+    "resnet20-cifar10-w3a3-noreg": ("resnet20", "cifar10", 3, 3, False, None),
+}
+OVERHEAD = (("lenet5", "mnist"), ("resnet20", "cifar10"))
+RESULTS = RESULTS_DIR / "quant.json"
+
+
+def finetune_case(name: str, resnet_epochs: int | None, seed: int) -> dict:
+    model_name, dataset, w, a, regularize, target = CASES[name]
+    overrides = [
+        f"model={model_name}",
+        f"dataset={dataset}",
+        f"w_bits={w}",
+        f"a_bits={a}",
+        f"seed={seed}",
+    ]
+    if not regularize:
+        overrides.append("finetune.regularizer.lambda_max=0")
+    if resnet_epochs is not None and model_name == "resnet20":
+        overrides.append(f"finetune.epochs={resnet_epochs}")
+    cfg = job_config("finetune", overrides)
+    try:
+        data = build_data(cfg.dataset)
+    except UserError as exc:
+        return {"case": name, "skipped": str(exc)}
+    runtime = resolve_runtime(cfg.runtime)
+    float_model = build_model(cfg.model, data.info)
+    checkpoint = train_float(cfg, data, runtime)
+    load_float_weights(float_model, checkpoint)
+    policy = resolve_policy(
+        None,
+        w,
+        a,
+        model=model_name,
+        dataset=dataset,
+        inventory=model_inventory(float_model, data.info),
+        pin_first_last=cfg.pin_first_last,
+    )
+    start = time.perf_counter()
+    result = finetune(
+        float_model,
+        policy,
+        QuantizerSpec.from_config(cfg.quantizer),
+        data,
+        runtime,
+        cfg.finetune,
+        cfg.dataset,
+        seed=seed,
+    )
+    float_test = checkpoint.meta["test_acc"]
+    loss = float_test - result.accuracy["after_test"]
+    return {
+        "case": name,
+        "model": model_name,
+        "dataset": dataset,
+        "w_bits": w,
+        "a_bits": a,
+        "regularizer": regularize,
+        "epochs": int(cfg.finetune.epochs),
+        "seed": seed,
+        "float_test": round(float_test, 2),
+        "before_test": round(result.accuracy["before_test"], 2),
+        "after_test": round(result.accuracy["after_test"], 2),
+        "loss": round(loss, 2),
+        "target_loss": target,
+        "meets_target": None if target is None else loss <= target,
+        "seconds": round(time.perf_counter() - start, 1),
+        "bf16": runtime.bf16,
+    }
+
+
+def _step_seconds(model, batch, optimizer, runtime, steps: int) -> float:
+    start = time.perf_counter()
+    train_one_epoch(model, [batch] * steps, optimizer, None, runtime, loss_fn=cross_entropy_loss())
+    return (time.perf_counter() - start) / steps
+
+
+def overhead_row(model_name: str, dataset: str, precision: str) -> dict:
+    """LSQ W4A4 step time / float step time, same batch, alternating repeats."""
+    cfg = job_config(
+        "finetune",
+        [
+            f"model={model_name}",
+            f"dataset={dataset}",
+            "w_bits=4",
+            "a_bits=4",
+            f"runtime.precision={precision}",
+        ],
+    )
+    try:
+        data = build_data(cfg.dataset)
+    except UserError as exc:
+        return {"case": f"overhead-{model_name}-{precision}", "skipped": str(exc)}
+    runtime = resolve_runtime(cfg.runtime)
+    torch.manual_seed(0)
+    float_model = build_model(cfg.model, data.info)
+    policy = resolve_policy(
+        None,
+        4,
+        4,
+        model=model_name,
+        dataset=dataset,
+        inventory=model_inventory(float_model, data.info),
+        pin_first_last=cfg.pin_first_last,
+    )
+    quantized = build_quantized(
+        float_model, policy, QuantizerSpec.from_config(cfg.quantizer), data, runtime
+    )
+    float_model = runtime.prepare(float_model)
+    batch = next(iter(train_loader(data, cfg.dataset, 128, 0, str(runtime.device))))
+    models = {"float": float_model, "lsq": quantized}
+    optimizers = {k: build_optimizer(m, cfg.finetune) for k, m in models.items()}
+    times: dict[str, list[float]] = {"float": [], "lsq": []}
+    steps = 20 if model_name == "lenet5" else 5
+    for key in models:  # warm-up
+        _step_seconds(models[key], batch, optimizers[key], runtime, 2)
+    for _ in range(5):
+        for key in models:
+            times[key].append(_step_seconds(models[key], batch, optimizers[key], runtime, steps))
+    float_ms, lsq_ms = (1000 * statistics.median(times[k]) for k in ("float", "lsq"))
+    return {
+        "case": f"overhead-{model_name}-{precision}",
+        "model": model_name,
+        "precision": precision,
+        "bf16": runtime.bf16,
+        "float_ms": round(float_ms, 2),
+        "lsq_ms": round(lsq_ms, 2),
+        "ratio": round(lsq_ms / float_ms, 3),
+        "meets_target": lsq_ms / float_ms <= 1.3,
+    }
+
+
+def brevitas_row() -> dict:
+    """Our LSQ QuantConv2d vs brevitas's QuantConv2d: forward + backward, same shapes, 4 bits."""
+    try:
+        import brevitas.nn as qnn
+        from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
+    except ImportError:
+        return {"case": "brevitas", "skipped": "brevitas is not installed (pip install brevitas)"}
+    from qsearch.quant.layers import QuantConv2d, quantize_model
+    from qsearch.quant.policy import Policy
+
+    torch.manual_seed(0)
+    x = torch.randn(128, 64, 16, 16).relu()
+    ours = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1, bias=False))
+    spec = QuantizerSpec.from_config(job_config("finetune").quantizer)
+    quantize_model(ours, Policy.uniform("conv", "x", ["0"], 4, 4), spec)
+    assert isinstance(ours[0], QuantConv2d)
+    theirs = qnn.QuantConv2d(
+        64,
+        64,
+        3,
+        padding=1,
+        bias=False,
+        weight_bit_width=4,
+        weight_quant=Int8WeightPerTensorFloat,
+        input_quant=Int8ActPerTensorFloat,
+        input_bit_width=4,
+    )
+    timings = {}
+    for key, layer in (("qsearch", ours), ("brevitas", theirs)):
+        layer(x).sum().backward()  # initialize
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(5):
+                layer.zero_grad()
+                layer(x).sum().backward()
+            samples.append((time.perf_counter() - start) / 5)
+        timings[key] = 1000 * statistics.median(samples)
+    import brevitas
+
+    return {
+        "case": "brevitas",
+        "brevitas_version": brevitas.__version__,
+        "qsearch_ms": round(timings["qsearch"], 2),
+        "brevitas_ms": round(timings["brevitas"], 2),
+        "ratio": round(timings["qsearch"] / timings["brevitas"], 3),
+        "layer": "conv 64->64 3x3, input 128x64x16x16, W4A4 per-tensor, fp32, fwd+bwd",
+    }
+
+
+def report(rows: dict[str, dict]) -> str:
+    accuracy = [r for r in rows.values() if "after_test" in r]
+    table = [
+        [
+            f"{r['model']} / {r['dataset']}",
+            f"W{r['w_bits']}A{r['a_bits']}",
+            "on" if r["regularizer"] else "off",
+            r["epochs"],
+            f"{r['float_test']:.2f}",
+            f"{r['before_test']:.2f}",
+            f"{r['after_test']:.2f}",
+            f"{r['loss']:+.2f}",
+            ""
+            if r["target_loss"] is None
+            else f"<= {r['target_loss']} ({'yes' if r['meets_target'] else '**no**'})",
+            f"{r['seconds']:.0f} s",
+        ]
+        for r in accuracy
+    ]
+    text = [
+        "## Quantization: LSQ fine-tuning (`python scripts/bench_quant.py`)",
+        "",
+        "First and last layer at 8 bits; test accuracy in %; loss = float - after.",
+        "",
+        markdown_table(
+            [
+                "model / dataset",
+                "bits",
+                "sin² reg.",
+                "epochs",
+                "float",
+                "quantized, before",
+                "after",
+                "loss",
+                "target",
+                "time",
+            ],
+            table,
+        ),
+    ]
+    overhead = [r for r in rows.values() if r["case"].startswith("overhead-") and "ratio" in r]
+    if overhead:
+        text += [
+            "",
+            "LSQ overhead: training step of the W4A4 model / the float model, batch "
+            "128, same run (target <= 1.3).",
+            "",
+            markdown_table(
+                ["model", "precision", "float ms", "LSQ ms", "ratio", "met"],
+                [
+                    [
+                        r["model"],
+                        r["precision"],
+                        r["float_ms"],
+                        r["lsq_ms"],
+                        r["ratio"],
+                        "yes" if r["meets_target"] else "no",
+                    ]
+                    for r in overhead
+                ],
+            ),
+        ]
+    peer = rows.get("brevitas")
+    if peer and "ratio" in peer:
+        text += [
+            "",
+            f"Peer: {peer['layer']}: qsearch {peer['qsearch_ms']} ms, brevitas "
+            f"{peer['brevitas_version']} {peer['brevitas_ms']} ms (ratio {peer['ratio']}).",
+        ]
+    elif peer:
+        text += ["", f"Peer comparison skipped: {peer['skipped']}"]
+    return "\n".join(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="substring filter on case names (e.g. lenet5-mnist, resnet20, overhead, brevitas)",
+    )
+    parser.add_argument("--resnet-epochs", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rows = (
+        {r["case"]: r for r in json.loads(RESULTS.read_text()).get("rows", [])}
+        if RESULTS.is_file()
+        else {}
+    )
+    for name in CASES:
+        if args.only in name:
+            rows[name] = finetune_case(name, args.resnet_epochs, args.seed)
+            print(rows[name], flush=True)
+    for model_name, dataset in OVERHEAD:
+        for precision in ("fp32", "bf16"):
+            key = f"overhead-{model_name}-{precision}"
+            if args.only in key:
+                rows[key] = overhead_row(model_name, dataset, precision)
+                print(rows[key], flush=True)
+    if args.only in "brevitas":
+        rows["brevitas"] = brevitas_row()
+        print(rows["brevitas"], flush=True)
+    save_json("quant", {"rows": list(rows.values())})
+    update_doc_section("quant", report(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
