@@ -55,6 +55,10 @@ def pareto_figure(
             [points[i][1] for i in front],
             color="tab:blue",
             lw=1.5,
+            marker="o",
+            markersize=6,
+            markerfacecolor="none",
+            drawstyle="steps-post",
             label="Pareto front",
         )
     for label, evaluation in references.items():
@@ -98,13 +102,13 @@ def bits_figure(path: Path, policy: Policy, params: Sequence[int], title: str) -
     ax.bar([x + 0.2 for x in xs], policy.a_bits, width=0.4, label="activations", color="tab:orange")
     ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("bits")
-    ax.set_ylim(0, max(8, *policy.w_bits, *policy.a_bits) + 1)
+    ax.set_ylim(0, max(8, *policy.w_bits, *policy.a_bits) + 3)  # room for the legend
     twin = ax.twinx()
     twin.plot(list(xs), params, color="tab:gray", marker=".", lw=1, label="weights (count)")
     twin.set_yscale("log")
     twin.set_ylabel("parameters (log)", color="tab:gray")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,0 +1,345 @@
+"""Search benchmark: ReLeQ on LeNet-5/MNIST, and all agents at an equal budget.
+
+    python scripts/bench_search.py releq                       # ReLeQ + fine-tune vs uniform
+    python scripts/bench_search.py compare                     # agents x pairs x seeds
+    python scripts/bench_search.py compare --pairs lenet5-mnist --seeds 0
+
+Every search runs as `qsearch search ...` in its own directory under outputs/bench/search/
+(a finished one, with summary.json, is reused and an interrupted one resumed: the
+benchmark can be stopped and re-run), and every fine-tune as `qsearch finetune ...` under
+outputs/bench/finetune/.
+
+releq: ReLeQ's setting (weights searched in {2,3,4,5,8} for every layer, first and last
+included; activations at 8 bits), then `qsearch finetune`, against uniform policies
+fine-tuned the same way, among them the best one of at most the same weight size (the
+honest yardstick).
+
+compare: the same search space for every agent (weight bits {2,3,4,5,8} for the inner
+layers, first/last at 8, activations at 8), a BitOPs budget of `--budget` x uniform 8-bit,
+the same number of evaluations; best validation accuracy at budget (mean and std over
+seeds), evaluations per minute and cache hits. The first seed's policy of every agent, and
+the best uniform policy under the budget, are fine-tuned and their test accuracy reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from _bench import REPO, markdown_table, save_json, update_doc_section
+from qsearch.quant.policy import Policy
+
+OUT = REPO / "outputs" / "bench"
+AGENTS = ("releq", "haq", "random", "bayes", "hawq", "uniform")
+CHOICES = [2, 3, 4, 5, 8]
+# pair: (model, dataset, search overrides, fine-tune overrides)
+PAIRS: dict[str, tuple[str, str, list[str], list[str]]] = {
+    "lenet5-mnist": ("lenet5", "mnist", ["evaluator.steps=200"], []),
+    "resnet20-cifar10": (
+        "resnet20",
+        "cifar10",
+        ["evaluator.steps=50", "evaluator.val_subset=1000"],
+        ["finetune.epochs=5"],
+    ),
+}
+
+
+def qsearch(command: str, run_dir: Path, overrides: list[str]) -> Path:
+    """Run a qsearch command into ``run_dir`` unless it already finished there."""
+    if (run_dir / ("summary.json" if command == "search" else "metrics.json")).is_file():
+        return run_dir
+    if (run_dir / ".hydra" / "overrides.yaml").is_file():
+        args = [command, f"resume={run_dir}"]
+    else:
+        args = [command, *overrides, f"hydra.run.dir={run_dir}"]
+    print("+ qsearch", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "qsearch.cli", *args], cwd=REPO, check=True)
+    return run_dir
+
+
+def finetune(policy: Path, pair: str, name: str, seed: int = 0) -> dict[str, Any]:
+    model, dataset, _, overrides = PAIRS[pair]
+    run = qsearch(
+        "finetune",
+        OUT / "finetune" / name,
+        [f"policy={policy}", f"model={model}", f"dataset={dataset}", f"seed={seed}", *overrides],
+    )
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _wall_seconds(run: Path) -> float:
+    rows = _csv(run / "episodes.csv")
+    return float(rows[-1]["wall_seconds"]) if rows else 0.0
+
+
+def _bits(text: str) -> list[int]:
+    return [int(b) for b in text.split()]
+
+
+def releq_benchmark(evaluations: int) -> dict[str, Any]:
+    model, dataset, search, _ = PAIRS["lenet5-mnist"]
+    run = qsearch(
+        "search",
+        OUT / "search" / "releq-lenet5-mnist",
+        [
+            "agent=releq",
+            f"model={model}",
+            f"dataset={dataset}",
+            "hardware=size",
+            "search.pin_first_last=null",
+            f"search.w_bits=[{','.join(map(str, CHOICES))}]",
+            f"budget.evaluations={evaluations}",
+            *search,
+        ],
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    policy = Policy.load(run)
+    found = finetune(run, "lenet5-mnist", "releq-lenet5-mnist")["accuracy"]
+    per_param = policy.metadata["average_bits"]["w_per_param"]
+    uniform_rows = []
+    for bits in CHOICES:
+        path = OUT / "policies" / f"uniform-w{bits}a8-lenet5-mnist.yaml"
+        n = len(policy.layers)
+        Policy.from_bits(model, dataset, list(policy.layers), [bits] * n, [8] * n).save(path)
+        metrics = finetune(path, "lenet5-mnist", f"uniform-w{bits}a8-lenet5-mnist")
+        uniform_rows.append(
+            {"bits": bits, "test": metrics["accuracy"]["after_test"], "fits": bits <= per_param}
+        )
+    fitting = [row for row in uniform_rows if row["fits"]]
+    return {
+        "w_bits": policy.w_bits,
+        "average_bits": sum(policy.w_bits) / len(policy.w_bits),
+        "w_bits_per_param": per_param,
+        "float_test": found["float_test"],
+        "after_test": found["after_test"],
+        "loss": found["float_test"] - found["after_test"],
+        "episodes": summary["episodes"],
+        "evaluations": summary["evaluations"],
+        "search_seconds": _wall_seconds(run),
+        "uniform": uniform_rows,
+        "best_uniform_at_size": max(fitting, key=lambda row: row["test"]) if fitting else None,
+    }
+
+
+def compare_benchmark(
+    pairs: list[str], seeds: list[int], evaluations: int, budget: float
+) -> list[dict[str, Any]]:
+    rows = []
+    for pair in pairs:
+        model, dataset, search, _ = PAIRS[pair]
+        for agent in AGENTS:
+            runs = [
+                qsearch(
+                    "search",
+                    OUT / "search" / f"{agent}-{pair}-s{seed}",
+                    [
+                        f"agent={agent}",
+                        f"model={model}",
+                        f"dataset={dataset}",
+                        f"seed={seed}",
+                        "hardware=bitops",
+                        "search.search_activations=false",
+                        f"search.w_bits=[{','.join(map(str, CHOICES))}]",
+                        f"budget.evaluations={evaluations}",
+                        f"budget.cost_fraction={budget}",
+                        *search,
+                    ],
+                )
+                for seed in seeds
+            ]
+            summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+            accuracy = [
+                s["best"]["val_accuracy"] if s["best"]["feasible"] else float("nan")
+                for s in summaries
+            ]
+            retrained = sum(s["evaluator"]["retrained"] or 0 for s in summaries)
+            hits = sum(s["evaluator"]["cache_hits"] or 0 for s in summaries)
+            row = {
+                "pair": pair,
+                "agent": agent,
+                "seeds": seeds,
+                "val_mean": statistics.mean(accuracy),
+                "val_std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
+                "cost_vs_8bit": statistics.mean(s["best"]["cost_vs_8bit"] for s in summaries),
+                "evaluations": statistics.mean(s["evaluations"] for s in summaries),
+                "evals_per_minute": 60
+                * sum(s["evaluations"] for s in summaries)
+                / max(1e-9, sum(_wall_seconds(r) for r in runs)),
+                "cache_hit_rate": hits / max(1, hits + retrained),
+                "best_bits": summaries[0]["best"]["w_bits"],
+                "test_after_finetune": finetune(runs[0], pair, f"{agent}-{pair}-s{seeds[0]}")[
+                    "accuracy"
+                ]["after_test"],
+            }
+            rows.append(row)
+            print(row, flush=True)
+        rows.append(_best_uniform_row(pair, seeds[0]))
+    return rows
+
+
+def _best_uniform_row(pair: str, seed: int) -> dict[str, Any]:
+    """The uniform agent's best policy under the budget, fine-tuned like the others."""
+    model, dataset, _, _ = PAIRS[pair]
+    run = OUT / "search" / f"uniform-{pair}-s{seed}"
+    feasible = [
+        row
+        for row in _csv(run / "evaluations.csv")
+        if row["feasible"] == "True" and row["reference"] == "False"
+    ]
+    best = max(feasible, key=lambda row: float(row["accuracy"]))
+    policy = Policy.from_bits(
+        model, dataset, list(Policy.load(run).layers), _bits(best["w_bits"]), _bits(best["a_bits"])
+    )
+    path = policy.save(OUT / "policies" / f"best-uniform-{pair}.yaml")
+    metrics = finetune(path, pair, f"best-uniform-{pair}-s{seed}")
+    return {
+        "pair": pair,
+        "agent": "best uniform under budget",
+        "bits": best["w_bits"],
+        "val": float(best["accuracy"]),
+        "test_after_finetune": metrics["accuracy"]["after_test"],
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    text = ["## Search (`python scripts/bench_search.py`)", ""]
+    releq = results.get("releq")
+    if releq:
+        uniform = ", ".join(f"W{r['bits']}: {r['test']:.2f}" for r in releq["uniform"])
+        best = releq["best_uniform_at_size"]
+        text += [
+            "### ReLeQ on LeNet-5 / MNIST, then LSQ fine-tuning",
+            "",
+            "Paper: weight bits {2,2,3,2} (avg 2.25) at 0.00 % loss. Target here: avg <= 2.5 "
+            "bits at <= 0.3 % loss in <= 30 min on 2 cores. Weights searched for every layer "
+            "in {2,3,4,5,8}; activations at 8 bits.",
+            "",
+            markdown_table(
+                [
+                    "weight bits",
+                    "avg bits",
+                    "per param",
+                    "float test %",
+                    "after fine-tune %",
+                    "loss",
+                    "evaluations",
+                    "episodes",
+                    "search time",
+                ],
+                [
+                    [
+                        " ".join(map(str, releq["w_bits"])),
+                        f"{releq['average_bits']:.2f}",
+                        f"{releq['w_bits_per_param']:.2f}",
+                        f"{releq['float_test']:.2f}",
+                        f"{releq['after_test']:.2f}",
+                        f"{releq['loss']:+.2f}",
+                        releq["evaluations"],
+                        releq["episodes"],
+                        f"{releq['search_seconds'] / 60:.1f} min",
+                    ]
+                ],
+            ),
+            "",
+            f"Uniform W_k A8 policies, fine-tuned the same way (test %): {uniform}. Best "
+            "uniform of at most the same weight bits per parameter: "
+            + (f"W{best['bits']} at {best['test']:.2f} %." if best else "none fits."),
+            "",
+        ]
+    compare = results.get("compare")
+    if compare:
+        rows = []
+        for r in compare:
+            if "val_mean" in r:
+                rows.append(
+                    [
+                        r["pair"],
+                        r["agent"],
+                        f"{r['val_mean']:.2f} ± {r['val_std']:.2f}",
+                        f"{r['cost_vs_8bit']:.3f}",
+                        f"{r['evaluations']:.0f}",
+                        f"{r['evals_per_minute']:.1f}",
+                        f"{100 * r['cache_hit_rate']:.0f} %",
+                        " ".join(map(str, r["best_bits"])),
+                        f"{r['test_after_finetune']:.2f}",
+                    ]
+                )
+            else:
+                rows.append(
+                    [
+                        r["pair"],
+                        r["agent"],
+                        f"{r['val']:.2f} (seed 0)",
+                        "",
+                        "",
+                        "",
+                        "",
+                        r["bits"],
+                        f"{r['test_after_finetune']:.2f}",
+                    ]
+                )
+        text += [
+            "### Equal budget: every agent, same space, same evaluations",
+            "",
+            f"Seeds {compare[0]['seeds']}; BitOPs budget {results['budget']} x uniform 8-bit; "
+            f"{results['evaluations']} evaluations per search. Validation accuracy of the best "
+            "feasible policy (after the short retraining), mean ± std over seeds; test accuracy "
+            "after `qsearch finetune` of the first seed's policy.",
+            "",
+            markdown_table(
+                [
+                    "pair",
+                    "agent",
+                    "val acc at budget",
+                    "BitOPs vs 8-bit",
+                    "evaluations",
+                    "evals/min",
+                    "cache hits",
+                    "bits (first seed)",
+                    "test after fine-tune",
+                ],
+                rows,
+            ),
+        ]
+    return "\n".join(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("part", choices=["releq", "compare"])
+    parser.add_argument("--pairs", default=",".join(PAIRS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--evaluations", type=int, default=None)
+    parser.add_argument("--budget", type=float, default=0.4)
+    args = parser.parse_args()
+    path = REPO / "benchmarks" / "search.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.pop("machine", None)
+    if args.part == "releq":
+        results["releq"] = releq_benchmark(args.evaluations or 150)
+    else:
+        evaluations = args.evaluations or 40
+        results.update(budget=args.budget, evaluations=evaluations)
+        results["compare"] = compare_benchmark(
+            args.pairs.split(","), [int(s) for s in args.seeds.split(",")], evaluations, args.budget
+        )
+    save_json("search", results)
+    update_doc_section("search", report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
