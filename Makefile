@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install qsearch (editable) with dev tools
 
-run: install  ## the main job on the embedded default (lenet5 on scikit-learn digits)
-	$(BIN)/qsearch train
+run: install  ## the main job: ReLeQ search + LSQ fine-tune of lenet5 on digits (embedded data)
+	$(BIN)/qsearch search agent=releq budget.evaluations=30
+	$(BIN)/qsearch finetune policy=latest
 
 test: install  ## the fast test suite (slow tests excluded)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)

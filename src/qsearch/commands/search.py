@@ -49,6 +49,11 @@ def build_space(cfg: DictConfig, inventory: list[Any]) -> SearchSpace:
     for bits in (*space.w_choices, *space.a_choices):
         if not 1 <= bits <= 8:
             raise UserError(f"search bit choices must lie in 1..8, got {bits}")
+    spec = QuantizerSpec.from_config(cfg.quantizer)
+    for bits in space.w_choices:
+        spec.make("weight", bits)  # a UserError if the quantizer cannot do these bits
+    for bits in space.a_choices if space.search_activations else [space.fixed_a_bits]:
+        spec.make("activation", bits)
     fraction = cfg.budget.cost_fraction
     if fraction is not None:
         if float(fraction) <= 0:
