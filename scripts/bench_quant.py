@@ -123,8 +123,9 @@ def _step_seconds(model, batch, optimizer, runtime, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def overhead_row(model_name: str, dataset: str, precision: str) -> dict:
+def overhead_row(model_name: str, dataset: str, precision: str, compiled: bool) -> dict:
     """LSQ W4A4 step time / float step time, same batch, alternating repeats."""
+    case = f"overhead-{model_name}-{precision}" + ("-compiled" if compiled else "")
     cfg = job_config(
         "finetune",
         [
@@ -133,12 +134,13 @@ def overhead_row(model_name: str, dataset: str, precision: str) -> dict:
             "w_bits=4",
             "a_bits=4",
             f"runtime.precision={precision}",
+            f"runtime.compile={compiled}",
         ],
     )
     try:
         data = build_data(cfg.dataset)
     except UserError as exc:
-        return {"case": f"overhead-{model_name}-{precision}", "skipped": str(exc)}
+        return {"case": case, "skipped": str(exc)}
     runtime = resolve_runtime(cfg.runtime)
     torch.manual_seed(0)
     float_model = build_model(cfg.model, data.info)
@@ -167,9 +169,10 @@ def overhead_row(model_name: str, dataset: str, precision: str) -> dict:
             times[key].append(_step_seconds(models[key], batch, optimizers[key], runtime, steps))
     float_ms, lsq_ms = (1000 * statistics.median(times[k]) for k in ("float", "lsq"))
     return {
-        "case": f"overhead-{model_name}-{precision}",
+        "case": case,
         "model": model_name,
         "precision": precision,
+        "compiled": compiled,
         "bf16": runtime.bf16,
         "float_ms": round(float_ms, 2),
         "lsq_ms": round(lsq_ms, 2),
@@ -268,19 +271,24 @@ def report(rows: dict[str, dict]) -> str:
             table,
         ),
     ]
-    overhead = [r for r in rows.values() if r["case"].startswith("overhead-") and "ratio" in r]
+    overhead = sorted(
+        (r for r in rows.values() if r["case"].startswith("overhead-") and "ratio" in r),
+        key=lambda r: (r["model"], r["precision"], r.get("compiled", False)),
+    )
     if overhead:
         text += [
             "",
             "LSQ overhead: training step of the W4A4 model / the float model, batch "
-            "128, same run (target <= 1.3).",
+            "128, same run (target <= 1.3). `compiled` = `runtime.compile=true` "
+            "(fake quantizers fused by torch.compile; ~20 s compile once per process).",
             "",
             markdown_table(
-                ["model", "precision", "float ms", "LSQ ms", "ratio", "met"],
+                ["model", "precision", "quantizers", "float ms", "LSQ ms", "ratio", "met"],
                 [
                     [
                         r["model"],
                         r["precision"],
+                        "compiled" if r.get("compiled") else "eager",
                         r["float_ms"],
                         r["lsq_ms"],
                         r["ratio"],
@@ -325,10 +333,11 @@ def main() -> int:
             print(rows[name], flush=True)
     for model_name, dataset in OVERHEAD:
         for precision in ("fp32", "bf16"):
-            key = f"overhead-{model_name}-{precision}"
-            if args.only in key:
-                rows[key] = overhead_row(model_name, dataset, precision)
-                print(rows[key], flush=True)
+            for compiled in (False, True):
+                key = f"overhead-{model_name}-{precision}" + ("-compiled" if compiled else "")
+                if args.only in key:
+                    rows[key] = overhead_row(model_name, dataset, precision, compiled)
+                    print(rows[key], flush=True)
     if args.only in "brevitas":
         rows["brevitas"] = brevitas_row()
         print(rows["brevitas"], flush=True)

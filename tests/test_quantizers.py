@@ -356,3 +356,35 @@ def test_kmeans_centroids_get_the_sum_of_their_weights_gradients() -> None:
     (y * upstream).sum().backward()
     expected = torch.stack([upstream[labels == j].sum() for j in range(4)])
     assert torch.allclose(q.centroids.grad, expected)
+
+
+def test_lsq_bf16_activations_quantize_on_the_fp32_grid() -> None:
+    """bf16 input: the grid is computed in fp32 and the levels come back in bf16."""
+    q = LsqQuantizer(3, "activation", signed=False)
+    x = torch.linspace(0.0, 2.0, 64)
+    q(x)  # initializes the step from fp32 data
+    out = q(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    expected = q(x).detach().bfloat16()
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_fake_quant_matches_eager_values_and_gradients() -> None:
+    """``runtime.compile=true`` changes speed only: same outputs, same LSQ gradients."""
+    from qsearch.quant.kernels import set_compile
+
+    results = []
+    for compiled in (False, True):
+        set_compile(compiled)
+        try:
+            torch.manual_seed(0)
+            q = LsqQuantizer(4, "activation", signed=True)
+            x = torch.randn(8, 4, 5, 5, requires_grad=True)
+            out = q(x)
+            (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+            results.append((out.detach(), x.grad.clone(), q.step.grad.clone()))
+        finally:
+            set_compile(False)
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

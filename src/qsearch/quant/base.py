@@ -73,7 +73,8 @@ class UniformGrid:
 class Quantizer(nn.Module):
     """Base class: fake quantization of weights or activations to ``bits`` bits.
 
-    Subclasses implement :meth:`quantize` (fp32 in, fake-quantized fp32 out) and, where the
+    Subclasses implement :meth:`quantize` (fp32 in, fake-quantized fp32 out; or, with
+    ``takes_low_precision``, the input's dtype in and out) and, where the
     scheme depends on data, :meth:`initialize` (called once, on the first tensor seen:
     the weights, or the first batch of activations). ``signed=None`` decides from that
     first tensor (any negative value -> signed), since a layer's input is non-negative
@@ -90,6 +91,8 @@ class Quantizer(nn.Module):
     min_bits: ClassVar[int] = 2
     roles: ClassVar[frozenset[str]] = frozenset({"weight", "activation"})
     zero_exact: ClassVar[frozenset[str]] = frozenset()  # roles where 0 is a level
+    # True when quantize() takes bf16 input itself (computing its grid in fp32 inside)
+    takes_low_precision: ClassVar[bool] = False
 
     def __init__(
         self, bits: int, role: Role, signed: bool | None = None, channels: int = 1
@@ -155,12 +158,13 @@ class Quantizer(nn.Module):
         if not self.enabled:
             return x
         with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
+            if not self.takes_low_precision:
+                x = x.float()
             if not bool(self.initialized):
                 with torch.no_grad():
                     if self._auto_sign:
                         self.is_signed.fill_(bool((x < 0).any()))
-                    self.initialize(x.detach())
+                    self.initialize(x.detach().float())
                 self.initialized.fill_(True)
             return self.quantize(x)
 

@@ -15,7 +15,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from qsearch.quant.base import Quantizer, Role, UniformGrid, grad_scale, round_ste
+from qsearch.quant.base import Quantizer, Role, UniformGrid, grad_scale
+from qsearch.quant.kernels import uniform_fake_quant
 
 STEP_EPS = 1e-8
 
@@ -32,6 +33,7 @@ class LsqQuantizer(Quantizer):
     name = "lsq"
     min_bits = 2
     zero_exact: ClassVar[frozenset[str]] = frozenset({"weight", "activation"})
+    takes_low_precision = True
 
     def __init__(
         self,
@@ -76,7 +78,7 @@ class LsqQuantizer(Quantizer):
                 self.step.clamp_(min=self.eps)
         g = 1.0 / math.sqrt(self._elements_per_step(x) * max(qp, 1))
         s = grad_scale(self._view(x), g)
-        return round_ste(torch.clamp(x / s, -qn, qp)) * s
+        return uniform_fake_quant(x, s, -qn, qp)
 
     def grid(self) -> UniformGrid | None:
         if not self.enabled:

@@ -59,6 +59,7 @@ class LsqPlusQuantizer(LsqQuantizer):
 
     name = "lsq_plus"
     zero_exact: ClassVar[frozenset[str]] = frozenset({"weight"})
+    takes_low_precision = False  # the offset path computes in fp32
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from qsearch.errors import UserError
+from qsearch.quant.kernels import set_compile
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -63,4 +64,5 @@ def resolve_runtime(cfg: DictConfig) -> Runtime:
         bf16 = precision == "bf16"
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    set_compile(bool(cfg.get("compile", False)))
     return Runtime(device=device, bf16=bf16, channels_last=bool(cfg.channels_last))
