@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DATASETS ?= mnist fashion_mnist cifar10
+BENCHES ?= train cost export quant search dynamic  # `make bench BENCHES=cost` runs one
 
 .PHONY: install run test test-slow lint format data bench clean
 
@@ -37,8 +38,8 @@ format: install
 data: install  ## prepare datasets into data/ (QSEARCH_DATA_SOURCE=dir for local copies)
 	$(BIN)/python -m qsearch.data.prepare $(DATASETS)
 
-bench: install  ## benchmarks; numbers go to benchmarks/*.json and docs/benchmarks.md
-	$(BIN)/python scripts/bench_train.py
+bench: install  ## every benchmark (hours on a CPU); numbers go to benchmarks/*.json and docs/benchmarks.md
+	set -e; for name in $(BENCHES); do $(BIN)/python scripts/bench_$$name.py; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,4 +47,17 @@ def requires_dataset(relative: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         not (DATA_ROOT / relative).exists(),
         reason=f"{DATA_ROOT / relative} not prepared (run `make data`)",
+    )
+
+
+def run_qsearch(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``qsearch <args>`` in a subprocess from ``cwd``, with its own cache under ``cwd``."""
+    env = {**os.environ, "QSEARCH_CACHE_DIR": str(cwd / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "qsearch.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from qsearch.cli import main
-
-
-def _qsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "QSEARCH_CACHE_DIR": str(cwd / "cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "qsearch.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from tests.conftest import run_qsearch
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,7 +35,7 @@ def test_user_errors_in_process(
 
 
 def test_missing_dataset_exits_2_and_leaves_no_run_dir(tmp_path: Path) -> None:
-    result = _qsearch("train", "dataset=mnist", f"data_root={tmp_path / 'none'}", cwd=tmp_path)
+    result = run_qsearch("train", "dataset=mnist", f"data_root={tmp_path / 'none'}", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "mnist not found at" in result.stderr and "make data" in result.stderr
@@ -58,7 +44,7 @@ def test_missing_dataset_exits_2_and_leaves_no_run_dir(tmp_path: Path) -> None:
 
 
 def test_train_writes_checkpoint_and_metrics(tmp_path: Path) -> None:
-    result = _qsearch("train", "train.epochs=2", cwd=tmp_path)
+    result = run_qsearch("train", "train.epochs=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dirs = list((tmp_path / "outputs" / "train").iterdir())
     assert len(run_dirs) == 1 and run_dirs[0].name.endswith("_lenet5_digits")
@@ -68,7 +54,7 @@ def test_train_writes_checkpoint_and_metrics(tmp_path: Path) -> None:
 
 
 def test_cfg_job_prints_composed_config(tmp_path: Path) -> None:
-    result = _qsearch("train", "model=resnet20", "--cfg", "job", cwd=tmp_path)
+    result = run_qsearch("train", "model=resnet20", "--cfg", "job", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "_target_: qsearch.models.resnet_cifar.resnet20" in result.stdout
     assert not (tmp_path / "outputs").exists()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from qsearch.quant.checkpoint import save_quantized
 from qsearch.quant.layers import QuantizerSpec, calibrate, quantize_model
 from qsearch.quant.policy import Policy
 from qsearch.train.float_model import FLOAT_FORMAT
-from tests.conftest import REPO, compose
+from tests.conftest import REPO, compose, run_qsearch
 
 QUANTIZERS = sorted(p.stem for p in (REPO / "conf" / "quantizer").glob("*.yaml"))
 # per-layer (w_bits, a_bits) of LeNet-5's five layers: a float layer, every kind of range
@@ -233,24 +230,12 @@ def test_onnx_resnet20_mixed_matches_onnxruntime() -> None:
     assert check.argmax_agreement >= 0.75, check
 
 
-def _qsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "QSEARCH_CACHE_DIR": str(cwd / "cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "qsearch.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_export_command(tmp_path: Path) -> None:
     model, policy, cfg, images = _quantized("lenet5", "mnist", "lsq", LENET_MIXED)
     run = tmp_path / "finetune_run"
     save_quantized(run / "model.pt", model, policy, cfg, {"test_acc": 0.0})
     fmt = "both" if HAS_ONNX else "qpack"
-    result = _qsearch("export", f"checkpoint={run}", f"format={fmt}", cwd=tmp_path)
+    result = run_qsearch("export", f"checkpoint={run}", f"format={fmt}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (out,) = (tmp_path / "outputs" / "export").iterdir()
     files = {p.name for p in out.iterdir()}
@@ -269,7 +254,7 @@ def test_export_command_user_errors(tmp_path: Path) -> None:
         ([], "checkpoint must be set"),
     ]
     for args, message in cases:
-        result = _qsearch("export", *args, cwd=tmp_path)
+        result = run_qsearch("export", *args, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("qsearch: error: ") and message in result.stderr
         assert result.stderr.count("\n") == 1

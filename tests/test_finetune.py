@@ -21,8 +21,7 @@ from qsearch.train.finetune import finetune
 from qsearch.train.float_model import load_float_weights, train_float
 from qsearch.train.loop import evaluate
 from qsearch.train.runtime import resolve_runtime
-from tests.conftest import compose
-from tests.test_cli import _qsearch
+from tests.conftest import compose, run_qsearch
 
 
 def test_periodic_penalty_hand_values() -> None:
@@ -173,18 +172,18 @@ def test_quantized_checkpoint_round_trip(digits_setup, tmp_path: Path) -> None:
 
 def test_finetune_evaluate_and_resume_cli(tmp_path: Path) -> None:
     common = ["train.epochs=3", "finetune.epochs=2", "runtime.precision=fp32"]
-    done = _qsearch("finetune", "policy=uniform_w3a4", *common, cwd=tmp_path)
+    done = run_qsearch("finetune", "policy=uniform_w3a4", *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     run = next((tmp_path / "outputs" / "finetune").iterdir())
     assert {"model.pt", "policy.yaml", "metrics.json"} <= {p.name for p in run.iterdir()}
     assert not (run / "last.pt").exists()
     assert Policy.load(run).metadata["quantizer"] == "lsq"
 
-    evaluated = _qsearch("evaluate", f"checkpoint={run}", "runtime.precision=fp32", cwd=tmp_path)
+    evaluated = run_qsearch("evaluate", f"checkpoint={run}", "runtime.precision=fp32", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "test accuracy" in evaluated.stdout
 
-    again = _qsearch("finetune", f"resume={run}", cwd=tmp_path)  # finished: re-runs to the end
+    again = run_qsearch("finetune", f"resume={run}", cwd=tmp_path)  # finished: re-runs to the end
     assert again.returncode == 0, again.stderr
     assert len(list((tmp_path / "outputs" / "finetune").iterdir())) == 1
 
@@ -194,5 +193,5 @@ def test_finetune_evaluate_and_resume_cli(tmp_path: Path) -> None:
         (["finetune", "w_bits=9"], "w_bits=9 is out of range"),
         (["evaluate", f"checkpoint={tmp_path / 'none.pt'}"], "checkpoint not found"),
     ]:
-        failed = _qsearch(*args, cwd=tmp_path)
+        failed = run_qsearch(*args, cwd=tmp_path)
         assert failed.returncode == 2 and message in failed.stderr, failed.stderr

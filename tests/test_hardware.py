@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from qsearch.models.inventory import LayerInfo, layer_inventory
 from qsearch.models.lenet import LeNet5
 from qsearch.models.mobilenet import MobileNetV2
 from qsearch.quant.policy import Policy
+from tests.conftest import run_qsearch
 
 LENET = layer_inventory(LeNet5(), (1, 28, 28))
 NAMES = [layer.name for layer in LENET]
@@ -385,20 +384,12 @@ def test_bad_presets_are_one_line_errors(lut_table: Path) -> None:
 # --- qsearch cost --------------------------------------------------------------------------
 
 
-def _qsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "QSEARCH_CACHE_DIR": str(cwd / "cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "qsearch.cli", "cost", "model=lenet5", "dataset=mnist", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _cost(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_qsearch("cost", "model=lenet5", "dataset=mnist", *args, cwd=cwd, timeout=120)
 
 
 def test_cost_command_prints_every_preset_and_writes_json(tmp_path: Path) -> None:
-    result = _qsearch("policy=uniform_4", cwd=tmp_path)
+    result = _cost("policy=uniform_4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "bitserial_edge *" in result.stdout and "per layer under bitserial_edge" in result.stdout
     (path,) = tmp_path.glob("outputs/cost/*/cost.json")
@@ -412,14 +403,29 @@ def test_cost_command_prints_every_preset_and_writes_json(tmp_path: Path) -> Non
 
 
 def test_cost_command_reads_a_lut_and_rejects_a_wrong_one(tmp_path: Path, lut_table: Path) -> None:
-    ok = _qsearch(
-        "w_bits=4", "hardware=lut", f"hardware.path={lut_table}", "presets=[bitops]", cwd=tmp_path
+    ok = run_qsearch(
+        "cost",
+        "model=lenet5",
+        "dataset=mnist",
+        "w_bits=4",
+        "hardware=lut",
+        f"hardware.path={lut_table}",
+        "presets=[bitops]",
+        cwd=tmp_path,
     )
     assert ok.returncode == 0, ok.stderr
     (path,) = tmp_path.glob("outputs/cost/*/cost.json")
     assert [row["preset"] for row in json.loads(path.read_text())["presets"]] == ["lut", "bitops"]
     wrong = _npy(tmp_path, np.ones((3, 8, 8)))
-    bad = _qsearch("w_bits=4", "hardware=lut", f"hardware.path={wrong}", cwd=tmp_path)
+    bad = run_qsearch(
+        "cost",
+        "model=lenet5",
+        "dataset=mnist",
+        "w_bits=4",
+        "hardware=lut",
+        f"hardware.path={wrong}",
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2
     assert (
         bad.stderr.strip() == f"qsearch: error: lookup table {wrong} has 3 layers, the model has 5"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from qsearch.quant.policy import Policy
-from tests.test_cli import _qsearch
+from tests.conftest import run_qsearch
 
 FAST = ["train.epochs=3", "evaluator.steps=5", "runtime.precision=fp32"]
 
@@ -23,7 +23,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_search_then_finetune_latest(tmp_path: Path) -> None:
-    result = _qsearch("search", "agent=random", "budget.evaluations=6", *FAST, cwd=tmp_path)
+    result = run_qsearch("search", "agent=random", "budget.evaluations=6", *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run = next((tmp_path / "outputs" / "search").iterdir())
     files = {p.name for p in run.iterdir()}
@@ -47,7 +47,7 @@ def test_search_then_finetune_latest(tmp_path: Path) -> None:
     assert set(summary["references"]) == {"W8", "W4", "W2"}
     assert "found" in result.stdout and "uniform W2" in result.stdout
 
-    tuned = _qsearch(
+    tuned = run_qsearch(
         "finetune",
         "policy=latest",
         "finetune.epochs=1",
@@ -61,7 +61,7 @@ def test_search_then_finetune_latest(tmp_path: Path) -> None:
 
 
 def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
-    result = _qsearch("search", "budget.cost_fraction=0.01", *FAST, cwd=tmp_path)
+    result = run_qsearch("search", "budget.cost_fraction=0.01", *FAST, cwd=tmp_path)
     assert result.returncode == 2
     assert "cannot be met" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "cache" / "float").exists()  # no float model was trained
@@ -69,7 +69,7 @@ def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
 
 
 def test_haq_without_budget_is_a_user_error(tmp_path: Path) -> None:
-    result = _qsearch("search", "agent=haq", *FAST, cwd=tmp_path)
+    result = run_qsearch("search", "agent=haq", *FAST, cwd=tmp_path)
     assert result.returncode == 2 and "reward=haq needs a budget" in result.stderr
 
 
@@ -97,7 +97,7 @@ def test_killed_search_resumes_without_paying_twice(tmp_path: Path) -> None:
     run = log.parent
     before = {(r["w_bits"], r["a_bits"]) for r in _rows(log)}
 
-    resumed = _qsearch("search", f"resume={run}", cwd=tmp_path)
+    resumed = run_qsearch("search", f"resume={run}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     rows = _rows(log)
     keys = [(r["w_bits"], r["a_bits"]) for r in rows]
