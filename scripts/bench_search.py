@@ -323,7 +323,7 @@ def main() -> int:
     parser.add_argument("--pairs", default=",".join(PAIRS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--evaluations", type=int, default=None)
-    parser.add_argument("--budget", type=float, default=0.4)
+    parser.add_argument("--budget", type=float, default=0.5)
     args = parser.parse_args()
     path = REPO / "benchmarks" / "search.json"
     results = json.loads(path.read_text()) if path.is_file() else {}

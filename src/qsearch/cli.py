@@ -3,10 +3,15 @@
 Each command is a Hydra application whose primary config is ``conf/<command>.yaml``, so
 every Hydra feature works unchanged: ``--cfg job``, ``-m`` sweeps, launchers, run dirs.
 Overrides are validated first so that user mistakes are one line and exit code 2.
+
+``resume=<multirun dir>`` relaunches a sweep; its finished jobs are skipped
+(:mod:`qsearch.sweep_jobs`).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +27,9 @@ from qsearch import __version__
 from qsearch.commands import COMMANDS
 from qsearch.config import compose_config, config_dir
 from qsearch.errors import USER_ERROR_EXIT_CODE, UserError
+from qsearch.sweep_jobs import STARTED, finish_sweep_job, start_sweep_job
+
+log = logging.getLogger(__name__)
 
 # Hydra's own flags; those listed in _FLAGS_WITH_VALUE consume the next argument.
 _FLAGS_WITH_VALUE = {
@@ -38,6 +46,17 @@ _FLAGS_WITH_VALUE = {
     "--experimental-rerun",
 }
 _FORBIDDEN_FLAGS = {"-cp", "--config-path", "-cn", "--config-name"}
+_MULTIRUN_FLAGS = {"-m", "--multirun"}
+# The optional extra (pyproject.toml) that brings each Hydra launcher plugin.
+_LAUNCHER_EXTRAS = {
+    "joblib": "sweep",
+    "submitit_local": "sweep",
+    "submitit_slurm": "sweep",
+    "slurm": "sweep",
+    "ray": "ray",
+    "ray_aws": "ray",
+    "ray_cluster": "ray",
+}
 
 
 def _usage() -> str:
@@ -46,12 +65,16 @@ def _usage() -> str:
         f"qsearch {__version__}: mixed-precision quantization search",
         "",
         "usage: qsearch <command> [key=value ...] [--cfg job] [-m]",
+        "       qsearch report <multirun dir> [out=DIR]",
         "",
         "commands:",
         *(f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()),
         "",
         "`qsearch <command> --help` lists a command's config groups and options;",
         f"configs live in {config_dir()}.",
+        "Sweeps: `qsearch search -m agent=releq,haq seed=0,1,2 hydra.sweep.dir=DIR`",
+        "(hydra/launcher=joblib|slurm|ray_cluster to scale out); `resume=DIR` relaunches a",
+        "sweep, skipping its finished runs; `qsearch report DIR` tabulates and plots it.",
     ]
     return "\n".join(lines)
 
@@ -78,32 +101,99 @@ def _split_overrides(args: Sequence[str]) -> list[str]:
 
 
 def _resume_args(command: str, args: list[str]) -> list[str]:
-    """``resume=DIR`` re-runs DIR's own command in DIR: its saved overrides, its run dir."""
+    """``resume=DIR`` re-runs DIR's own command in DIR: its saved overrides, its run dir.
+
+    DIR may be a multirun dir (``multirun.yaml`` inside): the sweep is launched again into
+    it with its own overrides and launcher, and its finished jobs are skipped.
+    """
     overrides = _split_overrides(args)
     resume = [o for o in overrides if o.startswith("resume=")]
     if not resume:
         return args
     run = Path(resume[0].split("=", 1)[1])
+    if len(overrides) > 1:
+        raise UserError("resume=DIR continues DIR with its own settings; give no other overrides")
+    flags = [a for a in args if a not in overrides]
+    if (run / "multirun.yaml").is_file():
+        return _resume_sweep_args(command, run, flags)
     saved = run / ".hydra" / "overrides.yaml"
     hydra_cfg = run / ".hydra" / "hydra.yaml"
     if not saved.is_file() or not hydra_cfg.is_file():
         raise UserError(f"resume: {run} is not a qsearch run directory (no .hydra/ inside)")
     if yaml.safe_load(hydra_cfg.read_text())["hydra"]["job"]["name"] != command:
         raise UserError(f"resume: {run} is not a '{command}' run")
-    if len(overrides) > 1:
-        raise UserError("resume=DIR continues DIR with its own settings; give no other overrides")
-    flags = [a for a in args if a not in overrides]
     previous = [o for o in yaml.safe_load(saved.read_text()) if not o.startswith("resume=")]
     return [*previous, f"resume={run}", f"hydra.run.dir={run}", *flags]
 
 
+def _resume_sweep_args(command: str, sweep: Path, flags: list[str]) -> list[str]:
+    """The command line that launches the multirun saved in ``sweep`` again, into ``sweep``."""
+    hydra_cfg = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]
+    if hydra_cfg["job"]["name"] != command:
+        raise UserError(f"resume: {sweep} is not a '{command}' sweep")
+    saved = hydra_cfg["overrides"]
+    launcher = [o for o in saved["hydra"] if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
+    multirun = [] if _MULTIRUN_FLAGS & set(flags) else ["-m"]
+    return [*saved["task"], *launcher, f"hydra.sweep.dir={sweep}", *multirun, *flags]
+
+
+def _report_args(args: list[str]) -> list[str]:
+    """``qsearch report DIR`` is ``qsearch report dir=DIR`` (a path may hold ``=``)."""
+    converted: list[str] = []
+    for arg in args:
+        positional = not arg.startswith("-") and ("=" not in arg or Path(arg).exists())
+        if positional and any(a.startswith("dir=") for a in [*args, *converted]):
+            raise UserError(f"report takes one directory, got '{arg}' as well")
+        if positional:
+            quoted = arg.replace("\\", "\\\\").replace("'", "\\'")
+            converted.append(f"dir='{quoted}'")
+        else:
+            converted.append(arg)
+    return converted
+
+
+def _check_report_dir(cfg: DictConfig) -> None:
+    """The directory ``qsearch report`` reads must exist (Hydra would create it)."""
+    folder = Path(str(cfg.dir))
+    if not folder.is_dir():
+        raise UserError(f"report: {folder} is not a directory")
+
+
+def _launcher_hint(exc: UserError) -> UserError:
+    """A missing launcher plugin names the extra that installs it."""
+    message = str(exc)
+    found = re.search(r"'hydra/launcher/([^']+)'", message)
+    if found is None:
+        return exc
+    name = found.group(1)
+    extra = _LAUNCHER_EXTRAS.get(name)
+    if extra is not None:
+        return UserError(
+            f"hydra/launcher={name} needs its Hydra plugin: pip install -e '.[{extra}]' "
+            "(see README: Sweeps and clusters)"
+        )
+    if "Could not find" in message:
+        return UserError(f"unknown hydra/launcher '{name}' (see README: Sweeps and clusters)")
+    return exc
+
+
+def _check_launcher(cfg: DictConfig) -> None:
+    """A SLURM launcher needs SLURM's commands on this machine (submitit calls them)."""
+    target = str(cfg.hydra.launcher.get("_target_", ""))
+    if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+        raise UserError(
+            "hydra/launcher=slurm submits to SLURM, but there is no sbatch here: launch from "
+            "the cluster's login node (hydra/launcher=submitit_local runs it on this machine)"
+        )
+
+
 def _remove_empty_run_dir() -> None:
     """Delete the run dir of a job that failed on user input before writing any result."""
-    if not HydraConfig.initialized():
-        return
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is None:
+        return  # no .hydra/: the run dir is a folder the job did not create (report)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    hydra_files = {hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log"}
+    hydra_files = {hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log", STARTED}
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_files:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -112,7 +202,10 @@ def _hydra_app(command: str, task: Callable[[DictConfig], object]) -> Callable[[
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)
     def app(cfg: DictConfig) -> None:
         try:
+            if start_sweep_job(cfg):
+                return
             task(cfg)
+            finish_sweep_job()
         except UserError as exc:
             _remove_empty_run_dir()
             sys.exit(_fail(str(exc)))
@@ -133,8 +226,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         return _fail(f"unknown command '{command}' (choose from: {', '.join(COMMANDS)})")
     try:
+        if command == "report":
+            rest = _report_args(rest)
         rest = _resume_args(command, rest)
-        compose_config(command, _split_overrides(rest))
+        if _MULTIRUN_FLAGS & set(rest) and {"-c", "--cfg"} & set(rest):
+            raise UserError("--cfg prints the config of one job: leave out -m")
+        try:
+            cfg = compose_config(command, _split_overrides(rest))
+        except UserError as exc:
+            raise _launcher_hint(exc) from exc
+        if command == "report":
+            _check_report_dir(cfg)
+        if _MULTIRUN_FLAGS & set(rest):
+            _check_launcher(cfg)
         task = COMMANDS[command].load()
     except UserError as exc:
         return _fail(str(exc))

@@ -39,5 +39,11 @@ COMMANDS: dict[str, Command] = {
         "qsearch.commands.evaluate", "accuracy, average bits and size of a float or quantized model"
     ),
     "export": Command("qsearch.commands.export", "quantized checkpoint -> bit-packed qpack / ONNX"),
+    "dynamic": Command(
+        "qsearch.commands.dynamic", "instance-aware dynamic bits: controller + Gumbel-Softmax"
+    ),
     "cost": Command("qsearch.commands.cost", "a policy's latency, energy, size, BitOPs per preset"),
+    "report": Command(
+        "qsearch.commands.report", "one table + Pareto figure over a sweep's runs (mean ± std)"
+    ),
 }

@@ -10,8 +10,10 @@ from rich.table import Table
 from torch import nn
 
 from qsearch.commands._common import console, run_dir
+from qsearch.commands.dynamic import evaluate_checkpoint
 from qsearch.config import thaw_config
 from qsearch.data import build_data, dataset_shape, eval_loader
+from qsearch.dynamic.checkpoint import is_dynamic_checkpoint
 from qsearch.errors import UserError
 from qsearch.hardware import build_cost_model, cost_table, rich_cost_table
 from qsearch.models import build_model, model_inventory
@@ -54,8 +56,15 @@ def load_any_checkpoint(
 
 
 def run(cfg: DictConfig) -> None:
-    """Evaluate ``checkpoint`` on its dataset's test split; write evaluate.json."""
+    """Evaluate ``checkpoint`` on its dataset's test split; write evaluate.json.
+
+    A dynamic checkpoint (``qsearch dynamic``) also reports its per-sample BitOPs.
+    """
     path = checkpoint_path(str(cfg.checkpoint))
+    blob = load_torch(path)
+    if is_dynamic_checkpoint(blob):
+        evaluate_checkpoint(blob, path, cfg)
+        return
     model, policy, config, _ = load_any_checkpoint(path, str(cfg.data_root), str(cfg.cache_dir))
     runtime = resolve_runtime(cfg.runtime)
     data = build_data(config.dataset)

@@ -32,15 +32,15 @@ class Augment:
 
 def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     """Zero-pad by ``padding`` and take one random ``H x W`` window per sample."""
-    n, _, h, w = images.shape
+    n, c, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-    batch = torch.arange(n)[:, None, None, None]
-    channels = torch.arange(images.shape[1])[None, :, None, None]
-    return padded[batch, channels, rows, cols]
+    rows = dy[:, None, None] + torch.arange(h)[None, :, None]
+    cols = dx[:, None, None] + torch.arange(w)[None, None, :]
+    # one gather over the flattened padded image: several times faster than 4-D indexing
+    flat = (rows * (w + 2 * padding) + cols).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.view(n, c, -1).gather(2, flat).view(n, c, h, w)
 
 
 def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -79,8 +79,10 @@ class TensorLoader:
         self.seed = seed
         self.device = torch.device(device)
         self.epoch = 0
-        self._mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
+        mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add
+        self._scale, self._shift = 1 / (255 * std), -mean / std
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling/augmentation stream of ``epoch``."""
@@ -92,8 +94,8 @@ class TensorLoader:
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 ``(N, C, H, W)`` -> float32 normalized with the training-set statistics."""
-        x = images.to(self.device, non_blocking=True).float().div_(255)
-        return x.sub_(self._mean).div_(self._std)
+        x = images.to(self.device, non_blocking=True).float()
+        return torch.addcmul(self._shift, x, self._scale)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)

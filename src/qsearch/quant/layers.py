@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -68,9 +69,10 @@ class QuantizerSpec:
         return factory(bits=bits, role=role, channels=channels)
 
 
-def _quantized_twin(layer: nn.Module, weight_quant: Quantizer, act_quant: Quantizer) -> QuantLayer:
+def empty_twin(layer: nn.Module, conv_cls: type[nn.Conv2d], linear_cls: type[nn.Linear]) -> Any:
+    """An uninitialized (meta-device) ``conv_cls``/``linear_cls`` shaped like ``layer``."""
     if isinstance(layer, nn.Conv2d):
-        twin: QuantLayer = QuantConv2d(
+        return conv_cls(
             layer.in_channels,
             layer.out_channels,
             layer.kernel_size,
@@ -82,12 +84,15 @@ def _quantized_twin(layer: nn.Module, weight_quant: Quantizer, act_quant: Quanti
             layer.padding_mode,
             device="meta",
         )
-    elif isinstance(layer, nn.Linear):
-        twin = QuantLinear(
+    if isinstance(layer, nn.Linear):
+        return linear_cls(
             layer.in_features, layer.out_features, layer.bias is not None, device="meta"
         )
-    else:
-        raise TypeError(f"cannot quantize {type(layer).__name__}")
+    raise TypeError(f"cannot quantize {type(layer).__name__}")
+
+
+def _quantized_twin(layer: nn.Module, weight_quant: Quantizer, act_quant: Quantizer) -> QuantLayer:
+    twin: QuantLayer = empty_twin(layer, QuantConv2d, QuantLinear)
     twin.weight = layer.weight
     twin.bias = layer.bias
     twin.weight_quant = weight_quant.to(layer.weight.device)

@@ -1,0 +1,155 @@
+"""``qsearch dynamic``: instance-aware dynamic quantization (Liu et al., CVPR 2022).
+
+Trains the dynamic network and its bit controller from the float checkpoint, then reports
+test accuracy, the distribution of per-sample BitOPs, the bits each layer chose, and
+whether harder samples (higher float loss) got more bits. :func:`evaluate_checkpoint` is
+what ``qsearch evaluate`` runs on a dynamic checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from qsearch.commands._common import console, run_dir
+from qsearch.data import build_data, eval_loader
+from qsearch.dynamic.checkpoint import rebuild_dynamic, save_dynamic
+from qsearch.dynamic.figure import dynamic_figure
+from qsearch.dynamic.report import hardness, layer_table, summarize, summary_table
+from qsearch.dynamic.settings import DynamicSettings, plan_dynamic
+from qsearch.dynamic.train import evaluate_dynamic, per_sample_losses, train_dynamic
+from qsearch.models import build_model, model_inventory
+from qsearch.quant.layers import QuantizerSpec
+from qsearch.quant.policy import resolve_policy
+from qsearch.train.float_model import load_float_weights, train_float
+from qsearch.train.runtime import resolve_runtime
+from qsearch.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> None:
+    """Train network and controller; write model.pt, metrics.json and dynamic.png."""
+    runtime = resolve_runtime(cfg.runtime)
+    settings = DynamicSettings.from_config(cfg.dynamic)
+    data = build_data(cfg.dataset)
+    float_model = build_model(cfg.model, data.info)
+    inventory = model_inventory(float_model, data.info)
+    policy = resolve_policy(
+        cfg.policy,
+        cfg.w_bits,
+        cfg.a_bits,
+        model=cfg.model.name,
+        dataset=cfg.dataset.name,
+        inventory=inventory,
+        pin_first_last=cfg.pin_first_last,
+    )
+    spec = QuantizerSpec.from_config(cfg.quantizer)
+    plan = plan_dynamic(policy, settings, spec, static_last=cfg.pin_first_last is not None)
+    float_checkpoint = train_float(cfg, data, runtime)
+    load_float_weights(float_model, float_checkpoint)
+    log.info(
+        "dynamic %s on %s with %s: %d dynamic layers, candidates %s around %s, target %.2fx",
+        cfg.model.name,
+        cfg.dataset.name,
+        spec.name,
+        len(plan.dynamic),
+        list(settings.offsets),
+        policy.key(),
+        settings.target,
+    )
+
+    out = run_dir()
+    result = train_dynamic(
+        float_model,
+        inventory,
+        policy,
+        plan,
+        spec,
+        settings,
+        data,
+        runtime,
+        cfg.finetune,
+        cfg.dataset,
+        seed=int(cfg.seed),
+        workdir=out,
+    )
+    device = str(runtime.device)
+    val_loader, test_loader = (eval_loader(data, s, device=device) for s in ("val", "test"))
+    test = evaluate_dynamic(result.model, test_loader, runtime)
+    float_losses = per_sample_losses(runtime.prepare(float_model), test_loader, runtime)
+    summary = summarize(test, plan)
+    meta: dict[str, Any] = {
+        "accuracy": {
+            "float_val": float_checkpoint.meta["val_acc"],
+            "float_test": float_checkpoint.meta["test_acc"],
+            "val": evaluate_dynamic(result.model, val_loader, runtime).accuracy,
+            "test": test.accuracy,
+        },
+        "test": summary,
+        "hardness": hardness(test, float_losses),
+        "static_bitops": result.model.cost.reference,
+        "controller_macs": result.model.controller.macs(),
+        "base_policy": policy.key(),
+        "dynamic": settings.as_dict(),
+        "quantizer": spec.name,
+        "seed": int(cfg.seed),
+        "float_checkpoint": str(float_checkpoint.path),
+        "history": result.history,
+    }
+    save_dynamic(out / "model.pt", result.model, policy, plan, settings, cfg, meta)
+    write_json(out / "metrics.json", meta)
+    dynamic_figure(
+        out / "dynamic.png",
+        float_losses,
+        test.relative,
+        f"{cfg.model.name} on {cfg.dataset.name}: {spec.name}, candidates "
+        f"{list(settings.offsets)} around {policy.key()}",
+    )
+    (out / "last.pt").unlink(missing_ok=True)
+    _print(summary, f"{cfg.model.name} on {cfg.dataset.name}: dynamic {spec.name}")
+    h = meta["hardness"]
+    console.print(
+        f"float test accuracy {meta['accuracy']['float_test']:.2f} %; harder samples "
+        f"(top quarter by float loss) {h['hardest_quarter']:.3f}x BitOPs, easiest quarter "
+        f"{h['easiest_quarter']:.3f}x"
+        + ("" if h["spearman"] is None else f", Spearman {h['spearman']:+.3f}")
+    )
+    console.print(f"output: {out}")
+
+
+def _print(summary: dict[str, Any], title: str) -> None:
+    console.print(summary_table(summary, title))
+    console.print(layer_table(summary))
+
+
+def evaluate_checkpoint(blob: dict[str, Any], path: Path, cfg: DictConfig) -> None:
+    """``qsearch evaluate`` of a dynamic checkpoint: accuracy, per-sample BitOPs, bits per
+    layer on the test split; writes evaluate.json."""
+    loaded = rebuild_dynamic(blob, str(path), str(cfg.data_root), str(cfg.cache_dir))
+    runtime = resolve_runtime(cfg.runtime)
+    data = build_data(loaded.config.dataset)
+    model = runtime.prepare(loaded.model)
+    device = str(runtime.device)
+    results = {
+        split: evaluate_dynamic(model, eval_loader(data, split, device=device), runtime)  # type: ignore[arg-type]
+        for split in ("val", "test")
+    }
+    summary = summarize(results["test"], loaded.plan)
+    report = {
+        "checkpoint": str(path),
+        "model": loaded.policy.model,
+        "dataset": loaded.policy.dataset,
+        "accuracy": {split: result.accuracy for split, result in results.items()},
+        "test": summary,
+        "static_bitops": loaded.model.cost.reference,
+        "base_policy": loaded.policy.key(),
+        "plan": loaded.plan.to_dict(),
+    }
+    write_json(run_dir() / "evaluate.json", report)
+    _print(summary, f"{loaded.policy.model} on {loaded.policy.dataset}: dynamic checkpoint")
+    console.print(f"val accuracy {results['val'].accuracy:.2f} %")
+    console.print(f"checkpoint: {path}")
