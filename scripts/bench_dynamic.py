@@ -282,10 +282,11 @@ def report(rows: dict[str, dict]) -> str:
         *summary,
     ]
     rhos = [r["spearman"] for r in done if r["method"] == "dynamic" and r["spearman"] is not None]
-    if rhos and max(abs(rho) for rho in rhos) < 0.1:
+    if rhos and max(abs(rho) for rho in rhos) < 0.2:
         text += [
             "",
-            "In no run did harder samples get more bits (|Spearman| < 0.1): on this schedule "
+            "In no run did harder samples get clearly more bits (largest |Spearman| "
+            f"{max(abs(rho) for rho in rhos):.2f}): on this schedule "
             "the controller learns a budget, not a per-sample policy, so these rows measure "
             "the cost of training with mixed bits rather than the paper's effect.",
         ]

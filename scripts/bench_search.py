@@ -235,7 +235,7 @@ def report(results: dict[str, Any]) -> str:
                     "loss",
                     "evaluations",
                     "episodes",
-                    "search time",
+                    "search time (last process)",
                 ],
                 [
                     [
@@ -254,7 +254,10 @@ def report(results: dict[str, Any]) -> str:
             "",
             f"Uniform W_k A8 policies, fine-tuned the same way (test %): {uniform}. Best "
             "uniform of at most the same weight bits per parameter: "
-            + (f"W{best['bits']} at {best['test']:.2f} %." if best else "none fits."),
+            + (f"W{best['bits']} at {best['test']:.2f} %." if best else "none fits.")
+            + " A search that was interrupted and resumed reports the time of its last process"
+            " only; evaluations take ~1.5 s each on an idle machine, far more when other torch"
+            " jobs share the cores.",
             "",
         ]
     compare = results.get("compare")
