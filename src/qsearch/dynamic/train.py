@@ -30,7 +30,7 @@ from qsearch.models.inventory import LayerInfo
 from qsearch.quant.layers import QuantizerSpec, calibrate
 from qsearch.quant.policy import Policy
 from qsearch.report.progress import training_progress
-from qsearch.train.loop import Batches, cosine_schedule
+from qsearch.train.loop import Batches, cosine_schedule, cross_entropy_loss, train_one_epoch
 from qsearch.train.runtime import Runtime
 from qsearch.utils.io import load_torch, save_torch
 
@@ -187,47 +187,40 @@ def train_dynamic(
         start_epoch, history = int(state["epoch"]), list(state["history"])
         log.info("resuming dynamic training at epoch %d/%d", start_epoch + 1, epochs)
 
+    costs: list[tuple[float, int]] = []  # (batch mean relative BitOPs, batch size)
+
+    def cost_penalty() -> Tensor:
+        """alpha * hinge(mean relative BitOPs - target) of the batch just seen."""
+        assert model.last_choice is not None
+        cost = model.cost.relative(model.last_choice).mean()
+        costs.append((float(cost.detach()), model.last_choice.shape[0]))
+        return settings.alpha * F.relu(cost - settings.target)
+
     with training_progress(disable=quiet) as progress:
         task = progress.add_task("dynamic", total=epochs, completed=start_epoch)
         for epoch in range(start_epoch, epochs):
             loader.set_epoch(epoch)
             start = time.perf_counter()
-            model.train()
-            batch_task = progress.add_task(f"epoch {epoch + 1}", total=len(loader))
-            seen, correct, loss_sum, cost_sum = 0, 0, 0.0, 0.0
-            for images, labels in loader:
-                if runtime.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with runtime.autocast():
-                    logits = model(images)
-                assert model.last_choice is not None
-                task_loss = F.cross_entropy(logits.float(), labels)
-                cost = model.cost.relative(model.last_choice).mean()
-                loss = task_loss + settings.alpha * F.relu(cost - settings.target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                batch = labels.shape[0]
-                seen += batch
-                loss_sum += float(task_loss.detach()) * batch
-                cost_sum += float(cost.detach()) * batch
-                correct += int((logits.detach().argmax(1) == labels).sum())
-                progress.update(
-                    batch_task,
-                    advance=1,
-                    description=f"epoch {epoch + 1}  BitOPs {cost_sum / seen:.3f}x",
-                    loss=loss_sum / seen,
-                    acc=100.0 * correct / seen,
-                )
-            progress.remove_task(batch_task)
+            costs.clear()
+            stats = train_one_epoch(
+                model,
+                loader,
+                optimizer,
+                scheduler,
+                runtime,
+                loss_fn=cross_entropy_loss(),
+                extra_loss=cost_penalty,
+                progress=None if quiet else progress,
+                description=f"epoch {epoch + 1}",
+            )
+            seen = sum(batch for _, batch in costs)
             val_eval = evaluate_dynamic(model, val, runtime)
             row = {
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": loss_sum / seen,
-                "train_acc": 100.0 * correct / seen,
-                "train_cost": cost_sum / seen,
+                "train_loss": stats.loss,
+                "train_acc": stats.accuracy,
+                "train_cost": sum(cost * batch for cost, batch in costs) / max(seen, 1),
                 "val_acc": val_eval.accuracy,
                 "val_cost": val_eval.mean_cost,
                 "seconds": time.perf_counter() - start,
