@@ -31,11 +31,10 @@ def checkpoint_path(value: str) -> Path:
     return path / "model.pt" if path.is_dir() else path
 
 
-def load_any_checkpoint(
-    path: Path, data_root: str, cache_dir: str
+def rebuild_any_checkpoint(
+    blob: Any, path: Path, data_root: str, cache_dir: str
 ) -> tuple[nn.Module, Policy, DictConfig, dict[str, Any]]:
-    """(model, policy, config, meta) of a float or quantized checkpoint file."""
-    blob = load_torch(path)
+    """(model, policy, config, meta) of a loaded float or quantized checkpoint (from ``path``)."""
     if is_quantized_checkpoint(blob):
         loaded = rebuild_quantized(blob, str(path), data_root, cache_dir)
         return loaded.model, loaded.policy, loaded.config, loaded.meta
@@ -65,7 +64,9 @@ def run(cfg: DictConfig) -> None:
     if is_dynamic_checkpoint(blob):
         evaluate_checkpoint(blob, path, cfg)
         return
-    model, policy, config, _ = load_any_checkpoint(path, str(cfg.data_root), str(cfg.cache_dir))
+    model, policy, config, _ = rebuild_any_checkpoint(
+        blob, path, str(cfg.data_root), str(cfg.cache_dir)
+    )
     runtime = resolve_runtime(cfg.runtime)
     data = build_data(config.dataset)
     model = runtime.prepare(model)
