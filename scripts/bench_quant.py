@@ -11,7 +11,8 @@ against float. Regularizer: the same case with lambda_max=0. Overhead: the time 
 training step of the LSQ W4A4 model over the float model's, same batch, alternating
 repeats in one run (median of 5); and, where brevitas is installed, our LSQ conv against
 brevitas's QuantConv2d at the same bits.
-Results merge into benchmarks/quant.json by case, so groups can be run separately.
+Results merge into benchmarks/quant.json by case as each one finishes, so groups can be run
+separately and a killed run keeps the cases it completed.
 """
 
 from __future__ import annotations
@@ -329,22 +330,25 @@ def main() -> int:
         if RESULTS.is_file()
         else {}
     )
+
+    def record(key: str, row: dict) -> None:
+        """Keep each row as soon as it exists: a killed run loses only the case in progress."""
+        rows[key] = row
+        print(row, flush=True)
+        save_json("quant", {"rows": list(rows.values())})
+        update_doc_section("quant", report(rows))
+
     for name in CASES:
         if args.only in name:
-            rows[name] = finetune_case(name, args.resnet_epochs, args.seed)
-            print(rows[name], flush=True)
+            record(name, finetune_case(name, args.resnet_epochs, args.seed))
     for model_name, dataset in OVERHEAD:
         for precision in ("fp32", "bf16"):
             for compiled in (False, True):
                 key = f"overhead-{model_name}-{precision}" + ("-compiled" if compiled else "")
                 if args.only in key:
-                    rows[key] = overhead_row(model_name, dataset, precision, compiled)
-                    print(rows[key], flush=True)
+                    record(key, overhead_row(model_name, dataset, precision, compiled))
     if args.only in "brevitas":
-        rows["brevitas"] = brevitas_row()
-        print(rows["brevitas"], flush=True)
-    save_json("quant", {"rows": list(rows.values())})
-    update_doc_section("quant", report(rows))
+        record("brevitas", brevitas_row())
     return 0
 
 

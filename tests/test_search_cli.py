@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from qsearch.commands.search import dominating_references
+from qsearch.env.recorder import Evaluation
 from qsearch.quant.policy import Policy
 from tests.conftest import run_qsearch
 
@@ -45,7 +47,19 @@ def test_search_then_finetune_latest(tmp_path: Path) -> None:
     assert policy.w_bits[0] == policy.w_bits[-1] == 8  # first and last layer pinned
     assert policy.metadata["agent"] == "random" and policy.metadata["evaluations"] == 6
     assert set(summary["references"]) == {"W8", "W4", "W2"}
+    assert summary["stopped_by"] == "budget"
     assert "found" in result.stdout and "uniform W2" in result.stdout
+    best = summary["best"]
+    for label, ref in summary["references"].items():
+        dominates = (
+            ref["val_accuracy"] >= best["val_accuracy"]
+            and ref["cost"] <= best["cost"]
+            and (ref["val_accuracy"] > best["val_accuracy"] or ref["cost"] < best["cost"])
+        )
+        assert (label in summary["dominated_by"]) == dominates
+        assert (run / f"policy_uniform_{label}.yaml").is_file() == dominates
+        if dominates:
+            assert Policy.load(run / f"policy_uniform_{label}.yaml").w_bits == ref["w_bits"]
 
     tuned = run_qsearch(
         "finetune",
@@ -58,6 +72,26 @@ def test_search_then_finetune_latest(tmp_path: Path) -> None:
     assert tuned.returncode == 0, tuned.stderr
     finetuned = next((tmp_path / "outputs" / "finetune").iterdir())
     assert Policy.load(finetuned).layers == policy.layers
+
+
+def _evaluation(accuracy: float, cost: float, feasible: bool = True) -> Evaluation:
+    return Evaluation(0, 0, [8, 2, 8], [8, 8, 8], accuracy, cost, feasible, accuracy, 0.0, False)
+
+
+def test_dominating_references_are_the_pareto_better_ones() -> None:
+    found = _evaluation(98.0, 10.0)
+    references = {
+        "cheaper, as good": _evaluation(98.0, 9.0),
+        "better, as cheap": _evaluation(98.5, 10.0),
+        "identical": _evaluation(98.0, 10.0),
+        "better but dearer": _evaluation(99.0, 11.0),
+        "cheaper but worse": _evaluation(97.0, 5.0),
+        "over budget": _evaluation(99.0, 5.0, feasible=False),
+    }
+    assert dominating_references(found, references) == ["cheaper, as good", "better, as cheap"]
+    # an infeasible found policy can be dominated by an infeasible reference
+    infeasible = _evaluation(98.0, 10.0, feasible=False)
+    assert "over budget" in dominating_references(infeasible, references)
 
 
 def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:

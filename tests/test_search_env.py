@@ -191,6 +191,13 @@ def test_recorder_resume_restores_budget_and_best(tmp_path: Path) -> None:
     resumed = make_recorder(space, tmp_path, budget=5, resume=True, evaluator=evaluator)
     assert resumed.used == 3 and resumed.episode == 1
     assert resumed.best is not None and resumed.best.w_bits == recorder.best.w_bits
+    for key, before in recorder.seen.items():  # exact numbers, so ties rank the same
+        after = resumed.seen[key]
+        assert (after.accuracy, after.cost, after.objective) == (
+            before.accuracy,
+            before.cost,
+            before.objective,
+        )
     resumed.evaluate(space.uniform(3))
     assert evaluator.calls == 0  # already paid for before the crash
 

@@ -59,6 +59,11 @@ def test_cache_key_changes_with_recipe_and_seed(tmp_path: Path) -> None:
     dirs = {float_cache_dir(c, runtime) for c in (cfg, other_lr, other_seed)}
     assert len(dirs) == 3
     assert float_cache_dir(other_root, runtime) == float_cache_dir(cfg, runtime)
+    # float_seed follows seed unless fixed: search seeds can share one float model
+    fixed, _, _ = _setup(tmp_path, "seed=1", "float_seed=0")
+    assert float_cache_dir(fixed, runtime) == float_cache_dir(cfg, runtime)
+    only_float, _, _ = _setup(tmp_path, "float_seed=1")
+    assert float_cache_dir(only_float, runtime) == float_cache_dir(other_seed, runtime)
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path: Path) -> None:

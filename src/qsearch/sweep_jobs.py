@@ -38,6 +38,11 @@ def _job_identity() -> dict[str, Any]:
     return {"command": hydra_cfg.job.name, "overrides": list(hydra_cfg.overrides.task)}
 
 
+def _multirun_file() -> Path:
+    """The sweep's ``multirun.yaml``, which Hydra rewrites at every launch."""
+    return Path(HydraConfig.get().sweep.dir) / "multirun.yaml"
+
+
 def _hydra_files(run: Path) -> dict[str, str]:
     """The text of the ``.hydra/*.yaml`` files Hydra wrote for this job."""
     return {p.name: p.read_text() for p in sorted((run / ".hydra").glob("*.yaml"))}
@@ -49,8 +54,9 @@ def start_sweep_job(cfg: DictConfig) -> bool:
     A job is the same as an earlier one in its run dir when its command and composed config
     are (however its overrides were spelled). One that started in an earlier launch but did
     not finish continues: a command with a ``resume`` key gets ``resume=<its run dir>``
-    (``search`` reloads its evaluations). Hydra rewrites ``.hydra/`` before the job starts;
-    a finished or foreign run gets its own back.
+    (``search`` reloads its evaluations). Hydra rewrites ``.hydra/`` and the sweep's
+    ``multirun.yaml`` before the job starts; a finished or foreign run gets its own back,
+    and a refused launch puts back the ``multirun.yaml`` of the sweep it would have changed.
 
     Raises:
         UserError: the run dir holds a run of another config (the sweep changed).
@@ -59,12 +65,16 @@ def start_sweep_job(cfg: DictConfig) -> bool:
     if run is None:
         return False
     identity = {**_job_identity(), "hydra": _hydra_files(run)}
+    if _multirun_file().is_file():
+        identity["multirun"] = _multirun_file().read_text()
     for marker in (run / DONE, run / STARTED):
         if not marker.is_file():
             continue
         previous = json.loads(marker.read_text())
         if _job_config(previous) != _job_config(identity):
             _restore_hydra_files(run, previous)
+            if "multirun" in previous:  # the refused launch must not pose as the sweep
+                write_text(_multirun_file(), previous["multirun"])
             raise UserError(
                 f"{run} holds a run of `{' '.join(previous.get('overrides', []))}` with "
                 f"another config; relaunch the sweep as it was, or pick a new hydra.sweep.dir"

@@ -162,6 +162,17 @@ def run(cfg: DictConfig) -> None:
     )
     with monitor:
         agent.search(ctx)
+    if not recorder.exhausted:
+        log.warning(
+            "%s stopped after %d episodes with %d of %d evaluations spent: it had no new "
+            "policy to propose (the uniform agent has one per bit choice; an RL agent that "
+            "only revisits evaluated policies ends at search.max_episodes, by default "
+            "100 x budget.evaluations)",
+            agent.name,
+            recorder.episode,
+            recorder.used,
+            recorder.budget,
+        )
     references = {
         f"W{bits}": recorder.evaluate(space.uniform(bits), reference=True)
         for bits in cfg.search.reference_bits
@@ -222,6 +233,7 @@ def _write_results(
         "references": {k: _row(v, reference_cost) for k, v in references.items()},
         "evaluations": recorder.used,
         "episodes": recorder.episode,
+        "stopped_by": "budget" if recorder.exhausted else "agent (no new policies)",
         "metric": metric,
         "budget_cost": space.budget,
         "evaluator": {
@@ -230,6 +242,8 @@ def _write_results(
             "seconds": getattr(recorder.evaluator, "seconds", None),
         },
     }
+    dominating = dominating_references(best, references)
+    summary["dominated_by"] = dominating
     write_json(out / "summary.json", summary)
     title = f"{cfg.model.name} on {cfg.dataset.name}: {recorder.agent}"
     pareto_figure(
@@ -247,6 +261,38 @@ def _write_results(
     bits_figure(out / "bits.png", policy, params, f"{title} (chosen policy)")
     console.print(_summary_table(best, references, reference_cost, float_accuracy, metric))
     console.print(f"policy: {out / 'policy.yaml'}  (next: qsearch finetune policy={out})")
+    for label in dominating:
+        reference = references[label]
+        path = Policy.from_bits(
+            space.model, space.dataset, space.names, reference.w_bits, reference.a_bits
+        ).save(
+            out / f"policy_uniform_{label}.yaml",
+            comment=f"uniform {label} reference of `qsearch search` in {out}",
+        )
+        console.print(
+            f"[yellow]note:[/] uniform {label} ({reference.accuracy:.2f} %, "
+            f"{reference.cost / reference_cost:.3f} of 8-bit) is at least as accurate and as "
+            f"cheap as the found policy: `qsearch finetune policy={path}` may serve you "
+            "better (or give the search more evaluations)."
+        )
+
+
+def dominating_references(best: Evaluation, references: dict[str, Evaluation]) -> list[str]:
+    """Labels of the uniform references that Pareto-dominate the found policy.
+
+    A reference dominates when it meets the budget (if the found one does), is at least as
+    accurate and at most as costly, and strictly better on one of the two. The agent's
+    result stays the agent's (references are not charged to its budget, and the agent
+    comparison must not be flattered by them); the user is told instead.
+    """
+    return [
+        label
+        for label, reference in references.items()
+        if (reference.feasible or not best.feasible)
+        and reference.accuracy >= best.accuracy
+        and reference.cost <= best.cost
+        and (reference.accuracy > best.accuracy or reference.cost < best.cost)
+    ]
 
 
 def _row(evaluation: Evaluation, reference_cost: float) -> dict[str, Any]:

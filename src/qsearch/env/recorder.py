@@ -191,10 +191,10 @@ class SearchRecorder:
                 self.agent,
                 " ".join(map(str, w_bits)),
                 " ".join(map(str, a_bits)),
-                f"{evaluation.accuracy:.4f}",
-                f"{evaluation.cost:.6g}",
+                repr(evaluation.accuracy),  # exact: a resumed search ranks as before
+                repr(evaluation.cost),
                 evaluation.feasible,
-                f"{evaluation.objective:.6f}",
+                repr(evaluation.objective),
                 f"{evaluation.seconds:.3f}",
                 evaluation.cached,
                 reference,

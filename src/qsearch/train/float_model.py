@@ -58,6 +58,11 @@ class FloatCheckpoint:
         return self.path.parent
 
 
+def float_seed(cfg: DictConfig) -> int:
+    """The float model's seed: ``float_seed`` (which defaults to the run's ``seed``)."""
+    return int(cfg.get("float_seed", cfg.seed))
+
+
 def float_identity(cfg: DictConfig, runtime: Runtime) -> dict[str, Any]:
     """Everything that determines the float weights: model, data split, seed, recipe."""
     source = OmegaConf.to_container(cfg.dataset.source, resolve=True)
@@ -73,7 +78,7 @@ def float_identity(cfg: DictConfig, runtime: Runtime) -> dict[str, Any]:
             "split_seed": cfg.dataset.split_seed,
             "augment": OmegaConf.to_container(cfg.dataset.get("augment", {}), resolve=True),
         },
-        "seed": int(cfg.seed),
+        "seed": float_seed(cfg),
         "recipe": OmegaConf.to_container(cfg.train, resolve=True),
         "bf16": runtime.bf16,
     }
@@ -88,7 +93,7 @@ def float_key(identity: dict[str, Any]) -> str:
 def float_cache_dir(cfg: DictConfig, runtime: Runtime) -> Path:
     """``<cache_dir>/float/<model>-<dataset>-s<seed>-<key>/``."""
     key = float_key(float_identity(cfg, runtime))
-    name = f"{cfg.model.name}-{cfg.dataset.name}-s{int(cfg.seed)}-{key}"
+    name = f"{cfg.model.name}-{cfg.dataset.name}-s{float_seed(cfg)}-{key}"
     return Path(cfg.cache_dir) / "float" / name
 
 
@@ -152,7 +157,7 @@ def _fit(
     directory: Path,
     on_epoch_end: EpochCallback | None,
 ) -> FloatCheckpoint:
-    recipe, seed = cfg.train, int(cfg.seed)
+    recipe, seed = cfg.train, float_seed(cfg)
     identity = float_identity(cfg, runtime)
     key = float_key(identity)
     torch.manual_seed(seed)
@@ -231,7 +236,7 @@ def _fit(
     meta = {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
-        "seed": int(cfg.seed),
+        "seed": seed,
         "key": key,
         "identity": json.dumps(identity, sort_keys=True, default=str),
         "val_acc": history[-1]["val_acc"] if history else float("nan"),
