@@ -206,7 +206,9 @@ def compare_benchmark(
             / max(1e-9, sum(_wall_seconds(r) for r in runs)),
             "cache_hit_rate": hits / max(1, hits + retrained),
             "seconds_per_retraining": sum(s["evaluator"]["seconds"] or 0 for s in summaries)
-            / max(1, retrained),
+            / retrained
+            if retrained
+            else None,  # every evaluation came from the shared cache
             "stopped_early": sum(s.get("stopped_by", "budget") != "budget" for s in summaries),
             "best_bits": summaries[0]["best"]["w_bits"],
             "test_after_finetune": finetune(runs[0], pair_name, f"{agent}-{pair_name}-s{seeds[0]}")[
@@ -248,6 +250,30 @@ def _best_uniform_row(pair_name: str, seed: int) -> dict[str, Any]:
         "val": float(best["accuracy"]),
         "test_after_finetune": metrics["accuracy"]["after_test"],
     }
+
+
+def _verdict(compare: dict[str, Any]) -> str:
+    """The honest yardstick in words: which fine-tuned policies beat the best uniform one."""
+    uniform = compare["best_uniform"]["test_after_finetune"]
+    agents = [r for r in compare["rows"] if r["agent"] != "uniform"]
+    above = [
+        f"{r['agent']} {r['test_after_finetune']:.2f}"
+        for r in agents
+        if r["test_after_finetune"] > uniform
+    ]
+    rest = [
+        f"{r['agent']} {r['test_after_finetune']:.2f}"
+        for r in agents
+        if r["test_after_finetune"] <= uniform
+    ]
+    top = max(r["val_mean"] for r in agents)
+    best_val = [r["agent"] for r in agents if r["val_mean"] >= top - 1e-9]
+    return (
+        f"After the same fine-tune, the best uniform policy under the budget scores "
+        f"{uniform:.2f} %; above it: {', '.join(above) or 'none'}; at or below it: "
+        f"{', '.join(rest) or 'none'} (one seed each: differences of a few tenths are noise). "
+        f"Best search by validation accuracy (mean over seeds): {', '.join(best_val)}."
+    )
 
 
 def _stop_note(releq: dict[str, Any]) -> str:
@@ -317,7 +343,9 @@ def report(results: dict[str, Any]) -> str:
                 f"{r['val_mean']:.2f} ± {r['val_std']:.2f}",
                 f"{r['cost_vs_8bit']:.3f}",
                 f"{r['evaluations']:.0f}",
-                f"{r['seconds_per_retraining']:.1f}",
+                "all cached"
+                if r["seconds_per_retraining"] is None
+                else f"{r['seconds_per_retraining']:.1f}",
                 f"{100 * r['cache_hit_rate']:.0f} %",
                 " ".join(map(str, r["best_bits"])),
                 f"{r['test_after_finetune']:.2f}",
@@ -367,6 +395,8 @@ def report(results: dict[str, Any]) -> str:
                 ],
                 rows,
             ),
+            "",
+            _verdict(compare),
             "",
         ]
     return "\n".join(text)
