@@ -18,7 +18,7 @@ compare: the same search space for every agent (weight bits {2,3,4,5,8} for the 
 layers, first/last at 8, activations at 8), a BitOPs budget of `--budget` x uniform 8-bit,
 the same number of evaluations (the pair's: 40 on LeNet-5/MNIST, a short 20 on
 ResNet-20/CIFAR-10, or --evaluations); best validation accuracy at budget (mean and std over
-seeds), evaluations per minute and cache hits. The first seed's policy of every agent, and
+seeds), seconds per retraining and cache hits. The first seed's policy of every agent, and
 the best uniform policy under the budget, are fine-tuned and their test accuracy reported.
 """
 
@@ -51,7 +51,7 @@ class Pair:
 
     model: str
     dataset: str
-    search: tuple[str, ...]  # evaluator overrides of `qsearch search`
+    search: tuple[str, ...]  # overrides of `qsearch search` (evaluator, float model)
     finetune: tuple[str, ...]  # overrides of `qsearch finetune`
     evaluations: int  # compare: evaluations per search unless --evaluations says otherwise
 
