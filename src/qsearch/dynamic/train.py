@@ -30,9 +30,16 @@ from qsearch.models.inventory import LayerInfo
 from qsearch.quant.layers import QuantizerSpec, calibrate
 from qsearch.quant.policy import Policy
 from qsearch.report.progress import training_progress
-from qsearch.train.loop import Batches, cosine_schedule, cross_entropy_loss, train_one_epoch
+from qsearch.train.loop import (
+    Batches,
+    cosine_schedule,
+    cross_entropy_loss,
+    restore_epoch_state,
+    save_epoch_state,
+    train_one_epoch,
+)
 from qsearch.train.runtime import Runtime
-from qsearch.utils.io import load_torch, save_torch
+from qsearch.utils.io import load_torch
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +187,8 @@ def train_dynamic(
     resume = workdir / "last.pt" if workdir is not None else None
     if resume is not None and resume.is_file():
         state = load_torch(resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = restore_epoch_state(state, model, optimizer, scheduler)
         torch.set_rng_state(state["rng"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
         log.info("resuming dynamic training at epoch %d/%d", start_epoch + 1, epochs)
 
     costs: list[tuple[float, int]] = []  # (batch mean relative BitOPs, batch size)
@@ -238,16 +242,14 @@ def train_dynamic(
                     row["seconds"],
                 )
             if resume is not None:
-                save_torch(
+                save_epoch_state(
                     resume,
-                    {
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "rng": torch.get_rng_state(),
-                    },
+                    model,
+                    optimizer,
+                    scheduler,
+                    epoch + 1,
+                    history,
+                    rng=torch.get_rng_state(),
                 )
             progress.update(task, advance=1, loss=row["train_loss"], acc=row["val_acc"])
             if on_epoch_end is not None:

@@ -30,10 +30,12 @@ from qsearch.train.loop import (
     cosine_schedule,
     cross_entropy_loss,
     evaluate,
+    restore_epoch_state,
+    save_epoch_state,
     train_one_epoch,
 )
 from qsearch.train.runtime import Runtime
-from qsearch.utils.io import load_torch, save_torch
+from qsearch.utils.io import load_torch
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +119,7 @@ def finetune(
     resume = workdir / "last.pt" if workdir is not None else None
     if resume is not None and resume.is_file():
         state = load_torch(resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+        start_epoch, history = restore_epoch_state(state, model, optimizer, scheduler)
         accuracy = dict(state["accuracy"])
         steps_done = start_epoch * len(loader)
         log.info("resuming fine-tuning at epoch %d/%d", start_epoch + 1, epochs)
@@ -165,16 +164,8 @@ def finetune(
                     row["seconds"],
                 )
             if resume is not None:
-                save_torch(
-                    resume,
-                    {
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "accuracy": accuracy,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                    },
+                save_epoch_state(
+                    resume, model, optimizer, scheduler, epoch + 1, history, accuracy=accuracy
                 )
             progress.update(task, advance=1, loss=stats.loss, acc=val_stats.accuracy)
             if on_epoch_end is not None:

@@ -35,6 +35,8 @@ from qsearch.train.loop import (
     cosine_schedule,
     cross_entropy_loss,
     evaluate,
+    restore_epoch_state,
+    save_epoch_state,
     train_one_epoch,
 )
 from qsearch.train.runtime import Runtime
@@ -175,10 +177,7 @@ def _fit(
     if resume.is_file():
         state = load_torch(resume)
         if state.get("key") == key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, history = int(state["epoch"]), list(state["history"])
+            start_epoch, history = restore_epoch_state(state, model, optimizer, scheduler)
             log.info("resuming float training at epoch %d/%d", start_epoch + 1, epochs)
 
     with training_progress() as progress:
@@ -217,17 +216,7 @@ def _fit(
                 val_stats.accuracy,
                 row["seconds"],
             )
-            save_torch(
-                resume,
-                {
-                    "key": key,
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                },
-            )
+            save_epoch_state(resume, model, optimizer, scheduler, epoch + 1, history, key=key)
             progress.update(epochs_task, advance=1, loss=stats.loss, acc=val_stats.accuracy)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -14,6 +15,7 @@ from rich.progress import Progress
 from torch import Tensor, nn
 
 from qsearch.train.runtime import Runtime
+from qsearch.utils.io import save_torch
 
 
 class Batches(Protocol):
@@ -150,3 +152,36 @@ def evaluate(
     return EpochStats(
         loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), time.perf_counter() - start
     )
+
+
+def save_epoch_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    history: list[dict[str, float]],
+    **extra: Any,
+) -> None:
+    """Write what a killed training run needs to continue after ``epoch`` (``last.pt``)."""
+    state = {
+        "epoch": epoch,
+        "history": history,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
+    save_torch(path, {**state, **extra})
+
+
+def restore_epoch_state(
+    state: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, list[dict[str, float]]]:
+    """Load a :func:`save_epoch_state` blob; returns (epochs done, history so far)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]), list(state["history"])
