@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from qsearch.agents import SearchContext
+from qsearch.agents.haq import HaqAgent
+from qsearch.agents.releq import ReleqAgent
 from qsearch.config import group_options, instantiate_checked
 from qsearch.data import build_data
 from qsearch.env.recorder import Objective, SearchRecorder
@@ -119,3 +121,21 @@ def test_hawq_sensitivity_orders_bits(tmp_path: Path) -> None:
     assert omega.shape == (len(names), len(ctx.space.w_choices))
     assert (omega[:, 0] > omega[:, -1]).all()  # 2 bits perturb more than 8 bits
     assert (tmp_path / "hawq_sensitivity.json").is_file()
+
+
+def test_releq_warns_below_three_ppo_updates() -> None:
+    agent = ReleqAgent(episodes_per_update=4)
+    assert agent.learning_note(episodes=12, evaluations=30) is None  # 3 updates
+    note = agent.learning_note(episodes=11, evaluations=30)
+    assert note is not None
+    assert "30 evaluations took 11 episodes, i.e. 2 PPO update(s)" in note
+    assert "reward.every=episode" in note
+
+
+def test_haq_warns_when_warmup_outnumbers_learned_episodes() -> None:
+    agent = HaqAgent(warmup_episodes=20)
+    assert agent.learning_note(episodes=40, evaluations=40) is None  # 20 warm-up, 20 learned
+    note = agent.learning_note(episodes=39, evaluations=39)
+    assert note is not None and "20 of its 39 episodes" in note and "and 19 followed" in note
+    note = agent.learning_note(episodes=12, evaluations=12)
+    assert note is not None and "12 of its 12 episodes" in note and "and 0 followed" in note

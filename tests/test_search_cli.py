@@ -48,6 +48,7 @@ def test_search_then_finetune_latest(tmp_path: Path) -> None:
     assert policy.metadata["agent"] == "random" and policy.metadata["evaluations"] == 6
     assert set(summary["references"]) == {"W8", "W4", "W2"}
     assert summary["stopped_by"] == "budget"
+    assert summary["agent_warning"] is None  # only RL agents judge their own learning
     assert "found" in result.stdout and "uniform W2" in result.stdout
     best = summary["best"]
     for label, ref in summary["references"].items():
@@ -144,3 +145,9 @@ def test_killed_search_resumes_without_paying_twice(tmp_path: Path) -> None:
     assert cache_lines == len(keys)  # each policy was retrained exactly once
     assert (run / "policy.yaml").is_file()
     assert len(list((tmp_path / "outputs" / "search").iterdir())) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    ppo_updates = summary["episodes"] // 4  # conf/agent/releq.yaml: episodes_per_update
+    warned = summary["agent_warning"]
+    assert (warned is None) == (ppo_updates >= 3)
+    if warned:
+        assert f"{ppo_updates} PPO update(s)" in warned and warned in resumed.stderr

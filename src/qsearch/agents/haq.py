@@ -73,6 +73,24 @@ class HaqAgent:
     net_arch: list[int] = field(default_factory=lambda: [300, 300])
     name: str = "haq"
 
+    def learning_note(self, episodes: int, evaluations: int) -> str | None:
+        """A warning when most episodes were DDPG's random warm-up, else None.
+
+        HAQ evaluates one whole policy per episode and follows its actor only after
+        ``warmup_episodes`` of random actions: with fewer learned episodes than warm-up
+        ones the search was mostly random search.
+        """
+        learned = max(episodes - self.warmup_episodes, 0)
+        if learned >= self.warmup_episodes:
+            return None
+        return (
+            f"haq: {min(episodes, self.warmup_episodes)} of its {episodes} episodes "
+            f"({evaluations} evaluations) were DDPG's random warm-up (agent.warmup_episodes="
+            f"{self.warmup_episodes}) and {learned} followed the learned actor: this was "
+            f"mostly random search; raise budget.evaluations (>= {2 * self.warmup_episodes}) "
+            "or lower agent.warmup_episodes"
+        )
+
     def search(self, ctx: SearchContext) -> None:
         if not isinstance(ctx.reward, HaqReward):
             raise TypeError("the haq agent needs reward=haq")

@@ -41,6 +41,22 @@ class ReleqAgent:
     )
     name: str = "releq"
 
+    def learning_note(self, episodes: int, evaluations: int) -> str | None:
+        """A warning when the search ended after fewer than 3 PPO updates, else None.
+
+        PPO updates once per ``episodes_per_update`` episodes; with ``reward.every=step``
+        an episode may retrain one partial policy per layer, each charged to the budget.
+        """
+        updates = episodes // self.episodes_per_update
+        if updates >= 3:
+            return None
+        return (
+            f"releq: {evaluations} evaluations took {episodes} episodes, i.e. {updates} PPO "
+            f"update(s) (one per {self.episodes_per_update} episodes): the LSTM policy "
+            "barely learned, so its pick is close to a random one; raise budget.evaluations "
+            "(or set reward.every=episode: one retraining per episode, not one per layer)"
+        )
+
     def search(self, ctx: SearchContext) -> None:
         if not isinstance(ctx.reward, ReleqReward):
             raise TypeError("the releq agent needs reward=releq")

@@ -173,6 +173,10 @@ def run(cfg: DictConfig) -> None:
             recorder.used,
             recorder.budget,
         )
+    learning_note = getattr(agent, "learning_note", None)  # RL agents: did it learn?
+    note = learning_note(recorder.episode, recorder.used) if learning_note else None
+    if note:
+        log.warning(note)
     references = {
         f"W{bits}": recorder.evaluate(space.uniform(bits), reference=True)
         for bits in cfg.search.reference_bits
@@ -182,7 +186,15 @@ def run(cfg: DictConfig) -> None:
     if best is None:
         raise UserError("the search evaluated no policy (budget.evaluations too small?)")
     _write_results(
-        cfg, out, space, recorder, references, float_accuracy, reference_cost, float_checkpoint.meta
+        cfg,
+        out,
+        space,
+        recorder,
+        references,
+        float_accuracy,
+        reference_cost,
+        float_checkpoint.meta,
+        agent_warning=note,
     )
 
 
@@ -195,6 +207,7 @@ def _write_results(
     float_accuracy: float,
     reference_cost: float,
     float_meta: dict[str, Any],
+    agent_warning: str | None = None,
 ) -> None:
     best = recorder.best
     assert best is not None
@@ -234,6 +247,7 @@ def _write_results(
         "evaluations": recorder.used,
         "episodes": recorder.episode,
         "stopped_by": "budget" if recorder.exhausted else "agent (no new policies)",
+        "agent_warning": agent_warning,
         "metric": metric,
         "budget_cost": space.budget,
         "evaluator": {
