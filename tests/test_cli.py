@@ -49,7 +49,7 @@ def test_train_writes_checkpoint_and_metrics(tmp_path: Path) -> None:
     run_dirs = list((tmp_path / "outputs" / "train").iterdir())
     assert len(run_dirs) == 1 and run_dirs[0].name.endswith("_lenet5_digits")
     files = {p.name for p in run_dirs[0].iterdir()}
-    assert {"model.pt", "metrics.json", "train.log", ".hydra"} <= files
+    assert {"model.pt", "metrics.json", "train.log", "curves.png", ".hydra"} <= files
     assert "test accuracy" in result.stdout
 
 

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from qsearch.env.recorder import Evaluation
 from qsearch.quant.policy import Policy
-from qsearch.report.figures import bits_figure, pareto_figure, pareto_front
+from qsearch.report.figures import (
+    bits_figure,
+    curve_series,
+    curves_figure,
+    pareto_figure,
+    pareto_front,
+)
 
 POINTS = st.lists(st.tuples(st.floats(0, 1), st.floats(0, 100)), min_size=1, max_size=40)
 
@@ -67,3 +73,26 @@ def test_figures_are_written_as_png(tmp_path: Path) -> None:
     for path in (pareto, bits):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bits.png", "pareto.png"]
+
+
+HISTORY = [
+    {"epoch": 1, "lr": 0.1, "train_loss": 1.5, "train_acc": 40.0, "val_loss": 1.2, "val_acc": 55.0},
+    {"epoch": 2, "lr": 0.05, "train_loss": 0.9, "train_acc": 70.0},  # no val this epoch
+    {"epoch": 3, "lr": 0.0, "train_loss": 0.5, "train_acc": 85.0, "val_loss": 0.6, "val_acc": 80.0},
+]
+
+
+def test_curve_series_picks_keys_by_suffix_and_skips_missing_epochs() -> None:
+    assert curve_series(HISTORY, "_acc") == {
+        "train_acc": ([1, 2, 3], [40.0, 70.0, 85.0]),
+        "val_acc": ([1, 3], [55.0, 80.0]),
+    }
+    assert list(curve_series(HISTORY, "_loss")) == ["train_loss", "val_loss"]
+    assert curve_series(HISTORY, "lr") == {"lr": ([1, 2, 3], [0.1, 0.05, 0.0])}
+
+
+def test_curves_figure_is_a_png_and_skips_an_empty_history(tmp_path: Path) -> None:
+    path = curves_figure(tmp_path / "curves.png", HISTORY, "test")
+    assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert curves_figure(tmp_path / "empty.png", [], "test") is None
+    assert not (tmp_path / "empty.png").exists()

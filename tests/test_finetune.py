@@ -175,7 +175,9 @@ def test_finetune_evaluate_and_resume_cli(tmp_path: Path) -> None:
     done = run_qsearch("finetune", "policy=uniform_w3a4", *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     run = next((tmp_path / "outputs" / "finetune").iterdir())
-    assert {"model.pt", "policy.yaml", "metrics.json"} <= {p.name for p in run.iterdir()}
+    assert {"model.pt", "policy.yaml", "metrics.json", "curves.png"} <= {
+        p.name for p in run.iterdir()
+    }
     assert not (run / "last.pt").exists()
     assert Policy.load(run).metadata["quantizer"] == "lsq"
 

@@ -13,6 +13,7 @@ from qsearch.models import build_model, model_inventory
 from qsearch.quant.checkpoint import save_quantized
 from qsearch.quant.layers import QuantizerSpec
 from qsearch.quant.policy import resolve_policy
+from qsearch.report.figures import curves_figure
 from qsearch.train.finetune import finetune, finetune_summary
 from qsearch.train.float_model import load_float_weights, train_float
 from qsearch.train.runtime import resolve_runtime
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> None:
-    """Fine-tune the requested policy; write model.pt, policy.yaml and metrics.json."""
+    """Fine-tune the requested policy; write model.pt, policy.yaml, metrics.json and
+    curves.png."""
     runtime = resolve_runtime(cfg.runtime)
     data = build_data(cfg.dataset)
     float_model = build_model(cfg.model, data.info)
@@ -80,6 +82,12 @@ def run(cfg: DictConfig) -> None:
     save_quantized(out / "model.pt", result.model, policy, cfg, meta)
     policy.save(out / "policy.yaml", comment="fine-tuned policy (qsearch finetune)")
     write_json(out / "metrics.json", meta)
+    curves_figure(
+        out / "curves.png",
+        result.history,
+        f"{cfg.model.name} on {cfg.dataset.name}: {spec.name} fine-tune, "
+        f"mean bits W{bits['w_mean']:.2f} A{bits['a_mean']:.2f}",
+    )
     (out / "last.pt").unlink(missing_ok=True)
     console.print(_summary_table(cfg, accuracy))
     console.print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from omegaconf import DictConfig
@@ -9,13 +10,15 @@ from rich.table import Table
 
 from qsearch.commands._common import console, run_dir
 from qsearch.data import build_data
+from qsearch.report.figures import curves_figure
 from qsearch.train.float_model import train_float
 from qsearch.train.runtime import resolve_runtime
 from qsearch.utils.io import write_atomic
 
 
 def run(cfg: DictConfig) -> None:
-    """Train (or fetch from the cache) the float model; copy it into the run dir."""
+    """Train (or fetch from the cache) the float model; copy it into the run dir, with
+    its metrics and a plot of its training curves."""
     runtime = resolve_runtime(cfg.runtime)
     data = build_data(cfg.dataset)
     checkpoint = train_float(cfg, data, runtime, force=bool(cfg.force))
@@ -27,6 +30,12 @@ def run(cfg: DictConfig) -> None:
         write_atomic(out / name, lambda tmp, source=source: shutil.copyfile(source, tmp))
 
     meta = checkpoint.meta
+    history = json.loads((out / "metrics.json").read_text()).get("history", [])
+    curves_figure(
+        out / "curves.png",
+        history,
+        f"float {meta['model']} on {meta['dataset']} (seed {meta['seed']})",
+    )
     table = Table(title=f"float {meta['model']} on {meta['dataset']}", show_header=False)
     table.add_row("val accuracy", f"{meta['val_acc']:.2f} %")
     table.add_row("test accuracy", f"{meta['test_acc']:.2f} %")

@@ -1,8 +1,9 @@
-"""Figures of a search: the accuracy-cost Pareto plot and the bits-per-layer chart."""
+"""Figures: a search's accuracy-cost Pareto plot and bits-per-layer chart, and the
+per-epoch curves of a training run (float training, fine-tuning)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -110,6 +111,45 @@ def bits_figure(path: Path, policy: Policy, params: Sequence[int], title: str) -
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def curve_series(
+    history: Sequence[Mapping[str, float]], suffix: str
+) -> dict[str, tuple[list[int], list[float]]]:
+    """``{key: (epochs, values)}`` for each history key ending in ``suffix`` (e.g. ``_acc``),
+    in the order keys first appear; rows lacking a key are skipped for that key."""
+    keys = list(dict.fromkeys(k for row in history for k in row if k.endswith(suffix)))
+    return {
+        key: (
+            [int(row["epoch"]) for row in history if key in row],
+            [float(row[key]) for row in history if key in row],
+        )
+        for key in keys
+    }
+
+
+def curves_figure(path: Path, history: Sequence[Mapping[str, float]], title: str) -> Path | None:
+    """Loss (with the learning rate) and accuracy per epoch; None when there is no epoch."""
+    if not history:
+        return None
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, suffix, label in ((loss_ax, "_loss", "loss"), (acc_ax, "_acc", "accuracy %")):
+        for key, (epochs, values) in curve_series(history, suffix).items():
+            ax.plot(epochs, values, marker="." if len(epochs) < 30 else None, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    lr = curve_series(history, "lr").get("lr")
+    if lr:
+        twin = loss_ax.twinx()
+        twin.plot(*lr, color="tab:gray", ls=":", lw=1)
+        twin.set_ylabel("learning rate (dotted)", color="tab:gray")
+    last = history[-1]
+    if "val_acc" in last:
+        title += f" (final val {float(last['val_acc']):.2f} %)"
+    fig.suptitle(title)
     return _save(fig, path)
 
 
