@@ -1,11 +1,14 @@
 """Float-training benchmark: accuracy of the zoo's reference pairs, and data-pipeline overhead.
 
-    python scripts/bench_train.py                   # everything (resnet20/cifar10 takes ~40 min)
+    python scripts/bench_train.py           # everything (resnet20/cifar10: 60 epochs, ~40 min)
     python scripts/bench_train.py --only lenet5-digits,lenet5-mnist
+    python scripts/bench_train.py --only resnet20-cifar10 --epochs 200   # another schedule
 
 Float checkpoints come from (and go into) the same cache as ``qsearch train``, so a pair
-already trained with the default recipe is reported, not retrained. Datasets must be
-prepared (``make data``); a missing one is reported as skipped.
+already trained with the same recipe is reported, not retrained. Datasets must be prepared
+(``make data``); a missing one is reported as skipped. Rows of pairs not run are kept.
+``--epochs`` replaces the dataset's default schedule length; such a row is kept beside the
+default one and marked ``(--epochs)`` in the table.
 
 Pipeline overhead: the same training steps fed by the in-memory ``TensorLoader`` (gather,
 augment, normalize per batch) vs by pre-built tensors; the ratio of the two times, best of
@@ -24,7 +27,7 @@ from itertools import islice
 import torch
 from omegaconf import DictConfig
 
-from _bench import markdown_table, save_json, update_doc_section
+from _bench import RESULTS_DIR, markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
 from qsearch.data import build_data, train_loader
 from qsearch.errors import UserError
@@ -39,17 +42,22 @@ PAIRS = {  # name: (model, dataset, target test accuracy in %)
     "resnet20-cifar10": ("resnet20", "cifar10", 90.0),
 }
 # pair: training steps timed (LeNet steps take milliseconds: more of them, less noise)
-PIPELINE_PAIRS = {"lenet5-mnist": 200, "resnet20-cifar10": 40}
+PIPELINE_PAIRS = {"lenet5-mnist": 600, "resnet20-cifar10": 40}
+RESULTS = RESULTS_DIR / "train.json"
 
 
-def _config(model: str, dataset: str) -> DictConfig:
-    return job_config("train", [f"model={model}", f"dataset={dataset}"])
+def _config(model: str, dataset: str, epochs: int | None = None) -> DictConfig:
+    overrides = [f"model={model}", f"dataset={dataset}"]
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    return job_config("train", overrides)
 
 
-def accuracy_row(name: str) -> dict:
-    """Train (or read from the cache) one pair's float model and report its accuracy."""
+def accuracy_row(name: str, epochs: int | None = None) -> dict:
+    """Train (or read from the cache) one pair's float model and report its accuracy;
+    ``epochs`` replaces the dataset's default schedule length."""
     model, dataset, target = PAIRS[name]
-    cfg = _config(model, dataset)
+    cfg = _config(model, dataset, epochs)
     try:
         data = build_data(cfg.dataset)
     except UserError as exc:
@@ -64,8 +72,10 @@ def accuracy_row(name: str) -> dict:
         "model": model,
         "dataset": dataset,
         "epochs": meta["epochs"],
+        "default_schedule": epochs is None,
         "test_acc": round(meta["test_acc"], 2),
         "val_acc": round(meta["val_acc"], 2),
+        "last_train_acc": round(history[-1]["train_acc"], 2),  # augmented batches
         "target": target,
         "meets_target": meta["test_acc"] >= target,
         "train_seconds": round(meta["train_seconds"], 1),
@@ -117,16 +127,23 @@ def pipeline_row(name: str, steps: int) -> dict:
     }
 
 
+def _key(row: dict) -> str:
+    """A row's identity: the pair, plus its epochs when not the default schedule."""
+    return row["pair"] if row.get("default_schedule", True) else f"{row['pair']}@{row['epochs']}"
+
+
 def report(accuracy: list[dict], pipeline: list[dict]) -> str:
     rows = []
     for r in accuracy:
         if "skipped" in r:
-            rows.append([r["pair"], "skipped", "", "", "", "", r["skipped"]])
+            rows.append([r["pair"], "skipped", "", "", "", "", "", r["skipped"]])
             continue
         rows.append(
             [
-                f"{r['model']} / {r['dataset']}",
+                f"{r['model']} / {r['dataset']}"
+                + ("" if r.get("default_schedule", True) else " (--epochs)"),
                 f"{r['test_acc']:.2f}",
+                r.get("last_train_acc", ""),
                 f">= {r['target']:.0f}",
                 "yes" if r["meets_target"] else "**no**",
                 r["epochs"],
@@ -138,7 +155,16 @@ def report(accuracy: list[dict], pipeline: list[dict]) -> str:
         "## Float training (`python scripts/bench_train.py`)",
         "",
         markdown_table(
-            ["model / dataset", "test acc %", "target", "met", "epochs", "train time", "recipe"],
+            [
+                "model / dataset",
+                "test acc %",
+                "train acc % (last epoch)",
+                "target",
+                "met",
+                "epochs",
+                "train time",
+                "recipe",
+            ],
             rows,
         ),
         "",
@@ -168,18 +194,28 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", default=",".join(PAIRS), help="comma-separated pair names")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="train with this many epochs (not the default)"
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in PAIRS]
     if unknown:
         print(f"bench_train: unknown pair(s) {unknown}; choose from {list(PAIRS)}", file=sys.stderr)
         return 2
-    accuracy = [accuracy_row(n) for n in names]
-    pipeline = [pipeline_row(n, PIPELINE_PAIRS[n]) for n in names if n in PIPELINE_PAIRS]
-    for row in accuracy + pipeline:
+    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    accuracy = {_key(r): r for r in saved.get("accuracy", [])}
+    pipeline = {r["pair"]: r for r in saved.get("pipeline", [])}
+    for name in names:
+        row = accuracy_row(name, args.epochs)
+        accuracy[_key(row)] = row
         print(row)
-    save_json("train", {"accuracy": accuracy, "pipeline": pipeline})
-    update_doc_section("train", report(accuracy, pipeline))
+        if name in PIPELINE_PAIRS and args.epochs is None:  # the pipeline ignores epochs
+            pipeline[name] = pipeline_row(name, PIPELINE_PAIRS[name])
+            print(pipeline[name])
+    ordered = sorted(accuracy.values(), key=lambda r: (list(PAIRS).index(r["pair"]), _key(r)))
+    save_json("train", {"accuracy": ordered, "pipeline": list(pipeline.values())})
+    update_doc_section("train", report(ordered, list(pipeline.values())))
     return 0
 
 
