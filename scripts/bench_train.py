@@ -61,7 +61,12 @@ def accuracy_row(name: str, epochs: int | None = None) -> dict:
     try:
         data = build_data(cfg.dataset)
     except UserError as exc:
-        return {"pair": name, "skipped": str(exc)}
+        return {
+            "pair": name,
+            "epochs": epochs,
+            "default_schedule": epochs is None,
+            "skipped": str(exc),
+        }
     runtime = resolve_runtime(cfg.runtime)
     start = time.perf_counter()
     checkpoint = train_float(cfg, data, runtime)
