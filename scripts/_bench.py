@@ -73,6 +73,12 @@ def save_json(name: str, results: dict[str, Any]) -> Path:
     return path
 
 
+def load_json(name: str) -> dict[str, Any]:
+    """The saved ``benchmarks/<name>.json`` (``{}`` when there is none yet)."""
+    path = RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from _bench import RESULTS_DIR, markdown_table, save_json, update_doc_section
+from _bench import load_json, markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
 from qsearch.data import DataSplits, build_data, eval_loader
 from qsearch.dynamic.report import hardness
@@ -66,7 +65,6 @@ PAIRS = {
 }
 VAL_SUBSET = 1000
 FLOAT_SEED = 0  # every seed starts from the same float checkpoint (the cached one)
-RESULTS = RESULTS_DIR / "dynamic.json"
 
 
 def _configs(pair: Pair) -> tuple[DictConfig, DictConfig]:
@@ -304,11 +302,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--force", action="store_true", help="re-run cases already saved")
     args = parser.parse_args()
-    rows: dict[str, dict] = (
-        {r["case"]: r for r in json.loads(RESULTS.read_text()).get("rows", [])}
-        if RESULTS.is_file()
-        else {}
-    )
+    rows: dict[str, dict] = {r["case"]: r for r in load_json("dynamic").get("rows", [])}
     for name in PAIRS:
         if args.only not in name:
             continue

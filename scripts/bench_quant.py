@@ -18,14 +18,13 @@ separately and a killed run keeps the cases it completed.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 
 import torch
 
-from _bench import RESULTS_DIR, markdown_table, save_json, update_doc_section
+from _bench import load_json, markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
 from qsearch.data import build_data, train_loader
 from qsearch.errors import UserError
@@ -51,7 +50,6 @@ CASES = {
     "resnet20-cifar10-w3a3-noreg": ("resnet20", "cifar10", 3, 3, False, None),
 }
 OVERHEAD = (("lenet5", "mnist"), ("resnet20", "cifar10"))
-RESULTS = RESULTS_DIR / "quant.json"
 
 
 def finetune_case(name: str, resnet_epochs: int | None, seed: int) -> dict:
@@ -325,11 +323,7 @@ def main() -> int:
     parser.add_argument("--resnet-epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    rows = (
-        {r["case"]: r for r in json.loads(RESULTS.read_text()).get("rows", [])}
-        if RESULTS.is_file()
-        else {}
-    )
+    rows = {r["case"]: r for r in load_json("quant").get("rows", [])}
 
     def record(key: str, row: dict) -> None:
         """Keep each row as soon as it exists: a killed run loses only the case in progress."""

@@ -18,7 +18,6 @@ three alternating repeats. Target: <= 1.10.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from itertools import islice
 import torch
 from omegaconf import DictConfig
 
-from _bench import RESULTS_DIR, markdown_table, save_json, update_doc_section
+from _bench import load_json, markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
 from qsearch.data import build_data, train_loader
 from qsearch.errors import UserError
@@ -43,7 +42,6 @@ PAIRS = {  # name: (model, dataset, target test accuracy in %)
 }
 # pair: training steps timed (LeNet steps take milliseconds: more of them, less noise)
 PIPELINE_PAIRS = {"lenet5-mnist": 600, "resnet20-cifar10": 40}
-RESULTS = RESULTS_DIR / "train.json"
 
 
 def _config(model: str, dataset: str, epochs: int | None = None) -> DictConfig:
@@ -71,7 +69,7 @@ def accuracy_row(name: str, epochs: int | None = None) -> dict:
     start = time.perf_counter()
     checkpoint = train_float(cfg, data, runtime)
     meta = checkpoint.meta
-    history = json.loads((checkpoint.directory / "metrics.json").read_text())["history"]
+    history = checkpoint.history
     return {
         "pair": name,
         "model": model,
@@ -208,7 +206,7 @@ def main() -> int:
     if unknown:
         print(f"bench_train: unknown pair(s) {unknown}; choose from {list(PAIRS)}", file=sys.stderr)
         return 2
-    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    saved = load_json("train")
     accuracy = {_key(r): r for r in saved.get("accuracy", [])}
     pipeline = {r["pair"]: r for r in saved.get("pipeline", [])}
     for name in names:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 from omegaconf import DictConfig
@@ -30,10 +29,9 @@ def run(cfg: DictConfig) -> None:
         write_atomic(out / name, lambda tmp, source=source: shutil.copyfile(source, tmp))
 
     meta = checkpoint.meta
-    history = json.loads((out / "metrics.json").read_text()).get("history", [])
     curves_figure(
         out / "curves.png",
-        history,
+        checkpoint.history,
         f"float {meta['model']} on {meta['dataset']} (seed {meta['seed']})",
     )
     table = Table(title=f"float {meta['model']} on {meta['dataset']}", show_header=False)

@@ -59,6 +59,11 @@ class FloatCheckpoint:
     def directory(self) -> Path:
         return self.path.parent
 
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Per-epoch rows of the training run, as saved beside it in ``metrics.json``."""
+        return json.loads((self.directory / "metrics.json").read_text()).get("history", [])
+
 
 def float_seed(cfg: DictConfig) -> int:
     """The float model's seed: ``float_seed`` (which defaults to the run's ``seed``)."""
