@@ -3,12 +3,14 @@
     python scripts/bench_train.py           # everything (resnet20/cifar10: 60 epochs, ~40 min)
     python scripts/bench_train.py --only lenet5-digits,lenet5-mnist
     python scripts/bench_train.py --only resnet20-cifar10 --epochs 200   # another schedule
+    python scripts/bench_train.py --only resnet20-cifar10 dataset.augment.cutout=16
 
 Float checkpoints come from (and go into) the same cache as ``qsearch train``, so a pair
 already trained with the same recipe is reported, not retrained. Datasets must be prepared
 (``make data``); a missing one is reported as skipped. Rows of pairs not run are kept.
-``--epochs`` replaces the dataset's default schedule length; such a row is kept beside the
-default one and marked ``(--epochs)`` in the table.
+``--epochs N`` (short for ``train.epochs=N``) and any other ``qsearch train`` overrides make
+a variant of the default recipe: its row is kept beside the default one, labelled with the
+overrides in the table.
 
 Pipeline overhead: the same training steps fed by the in-memory ``TensorLoader`` (gather,
 augment, normalize per batch) vs by pre-built tensors; the ratio of the two times, best of
@@ -21,6 +23,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from itertools import islice
 
 import torch
@@ -44,27 +47,19 @@ PAIRS = {  # name: (model, dataset, target test accuracy in %)
 PIPELINE_PAIRS = {"lenet5-mnist": 600, "resnet20-cifar10": 40}
 
 
-def _config(model: str, dataset: str, epochs: int | None = None) -> DictConfig:
-    overrides = [f"model={model}", f"dataset={dataset}"]
-    if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
-    return job_config("train", overrides)
+def _config(model: str, dataset: str, variant: Sequence[str] = ()) -> DictConfig:
+    return job_config("train", [f"model={model}", f"dataset={dataset}", *variant])
 
 
-def accuracy_row(name: str, epochs: int | None = None) -> dict:
+def accuracy_row(name: str, variant: Sequence[str] = ()) -> dict:
     """Train (or read from the cache) one pair's float model and report its accuracy;
-    ``epochs`` replaces the dataset's default schedule length."""
+    ``variant``: ``qsearch train`` overrides of the dataset's default recipe."""
     model, dataset, target = PAIRS[name]
-    cfg = _config(model, dataset, epochs)
+    cfg = _config(model, dataset, variant)
     try:
         data = build_data(cfg.dataset)
     except UserError as exc:
-        return {
-            "pair": name,
-            "epochs": epochs,
-            "default_schedule": epochs is None,
-            "skipped": str(exc),
-        }
+        return {"pair": name, "variant": list(variant), "skipped": str(exc)}
     runtime = resolve_runtime(cfg.runtime)
     start = time.perf_counter()
     checkpoint = train_float(cfg, data, runtime)
@@ -75,7 +70,7 @@ def accuracy_row(name: str, epochs: int | None = None) -> dict:
         "model": model,
         "dataset": dataset,
         "epochs": meta["epochs"],
-        "default_schedule": epochs is None,
+        "variant": list(variant),
         "test_acc": round(meta["test_acc"], 2),
         "val_acc": round(meta["val_acc"], 2),
         "last_train_acc": round(history[-1]["train_acc"], 2),  # augmented batches
@@ -130,21 +125,28 @@ def pipeline_row(name: str, steps: int) -> dict:
     }
 
 
+def _variant(row: dict) -> list[str]:
+    """A row's overrides of the default recipe (rows saved before variants: only epochs)."""
+    if "variant" in row:
+        return row["variant"]
+    return [] if row.get("default_schedule", True) else [f"train.epochs={row['epochs']}"]
+
+
 def _key(row: dict) -> str:
-    """A row's identity: the pair, plus its epochs when not the default schedule."""
-    return row["pair"] if row.get("default_schedule", True) else f"{row['pair']}@{row['epochs']}"
+    """A row's identity: the pair, plus its overrides when not the default recipe."""
+    return " ".join([row["pair"], *_variant(row)])
 
 
 def report(accuracy: list[dict], pipeline: list[dict]) -> str:
     rows = []
     for r in accuracy:
+        variant = " ".join(_variant(r))
         if "skipped" in r:
-            rows.append([r["pair"], "skipped", "", "", "", "", "", r["skipped"]])
+            rows.append([_key(r), "skipped", "", "", "", "", "", r["skipped"]])
             continue
         rows.append(
             [
-                f"{r['model']} / {r['dataset']}"
-                + ("" if r.get("default_schedule", True) else " (--epochs)"),
+                f"{r['model']} / {r['dataset']}" + (f" (`{variant}`)" if variant else ""),
                 f"{r['test_acc']:.2f}",
                 r.get("last_train_acc", ""),
                 f">= {r['target']:.0f}",
@@ -200,7 +202,13 @@ def main() -> int:
     parser.add_argument(
         "--epochs", type=int, default=None, help="train with this many epochs (not the default)"
     )
+    parser.add_argument(
+        "overrides", nargs="*", help="qsearch train overrides, e.g. dataset.augment.cutout=16"
+    )
     args = parser.parse_args()
+    variant = list(args.overrides)
+    if args.epochs is not None:
+        variant.append(f"train.epochs={args.epochs}")
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in PAIRS]
     if unknown:
@@ -210,10 +218,10 @@ def main() -> int:
     accuracy = {_key(r): r for r in saved.get("accuracy", [])}
     pipeline = {r["pair"]: r for r in saved.get("pipeline", [])}
     for name in names:
-        row = accuracy_row(name, args.epochs)
+        row = accuracy_row(name, variant)
         accuracy[_key(row)] = row
         print(row)
-        if name in PIPELINE_PAIRS and args.epochs is None:  # the pipeline ignores epochs
+        if name in PIPELINE_PAIRS and not variant:  # the pipeline times the default recipe
             pipeline[name] = pipeline_row(name, PIPELINE_PAIRS[name])
             print(pipeline[name])
     ordered = sorted(accuracy.values(), key=lambda r: (list(PAIRS).index(r["pair"]), _key(r)))

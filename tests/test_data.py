@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qsearch.data import Augment, TensorLoader, TensorSplit, build_data
-from qsearch.data.loader import random_crop, random_hflip
+from qsearch.data.loader import cutout, random_crop, random_hflip
 from qsearch.data.sources import imagefolder
 from qsearch.data.tensors import DatasetInfo, RawDataset, channel_stats, make_splits, split_off
 from qsearch.errors import UserError
@@ -115,6 +115,45 @@ def test_hflip_mirrors_about_half() -> None:
     kept = (flipped == images).flatten(1).all(1)
     assert bool((mirrored | kept).all())
     assert 900 < int(mirrored.sum()) < 1100
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(1, 10), seed=st.integers(0, 10_000))
+def test_cutout_masks_one_clipped_square_per_image(size: int, seed: int) -> None:
+    images = torch.ones(16, 3, 8, 8)
+    masked = cutout(images, size, torch.Generator().manual_seed(seed))
+    zero = masked == 0
+    assert torch.equal(zero, zero[:, :1].expand_as(zero))  # the same square in every channel
+    assert bool((masked[~zero] == 1).all())
+    for square in zero[:, 0]:
+        rows, cols = square.any(1).nonzero().flatten(), square.any(0).nonzero().flatten()
+        # a full rectangle of contiguous rows x cols, at most size x size, holding its centre
+        assert int(square.sum()) == len(rows) * len(cols)
+        for kept in (rows, cols):
+            assert len(kept) == int(kept[-1] - kept[0]) + 1
+            assert min(8, size - size // 2) <= len(kept) <= min(8, size)
+
+
+def test_cutout_square_lies_fully_inside_at_the_expected_rate() -> None:
+    # size 4 on 8x8 covers rows cy-2..cy+1: whole when cy and cx are both in 2..6, p = (5/8)^2
+    masked = cutout(torch.ones(4000, 1, 8, 8), 4, torch.Generator().manual_seed(0))
+    whole = (masked == 0).flatten(1).sum(1) == 16
+    assert 0.37 < whole.float().mean().item() < 0.41
+
+
+def test_loader_cutout_sets_pixels_to_the_dataset_mean() -> None:
+    split = TensorSplit(torch.full((64, 1, 4, 4), 255, dtype=torch.uint8), torch.zeros(64).long())
+    info = DatasetInfo("toy", 2, 1, 4, (0.5,), (0.25,))
+    loader = TensorLoader(split, info, 64, shuffle=True, augment=Augment(cutout=2), seed=0)
+    images, _ = next(iter(loader))
+    masked = images == 0  # normalized 0 is the mean; the rest is (1 - 0.5) / 0.25
+    assert torch.allclose(images[~masked], torch.tensor(2.0))
+    assert bool(masked.flatten(1).any(1).all())  # the centre always lies inside
+
+
+def test_negative_augment_size_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="cutout=-1"):
+        Augment(cutout=-1)
 
 
 def test_missing_dataset_names_path_and_command(tmp_path: Path) -> None:

@@ -321,7 +321,7 @@ def test_checkpoint_round_trip_and_mismatch(digits, tmp_path: Path) -> None:
     shrunk = copy.deepcopy(blob)
     shrunk["config"] = shrunk["config"].replace("hidden: 64", "hidden: 32")
     torch.save(shrunk, tmp_path / "shrunk.pt")
-    with pytest.raises(UserError, match="weights do not fit the stored model"):
+    with pytest.raises(UserError, match="weights do not fit the model"):
         load_dynamic(tmp_path / "shrunk.pt")
     del blob["plan"]
     torch.save(blob, tmp_path / "no_plan.pt")

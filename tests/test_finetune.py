@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from qsearch.data import build_data
+from qsearch.errors import UserError
 from qsearch.models import build_model, model_inventory
 from qsearch.quant.checkpoint import load_quantized, save_quantized
 from qsearch.quant.layers import QuantizerSpec, quant_layers
 from qsearch.quant.policy import Policy
 from qsearch.quant.regularizer import PeriodicRegularizer, lambda_schedule, periodic_penalty
 from qsearch.train.distill import distillation_loss
-from qsearch.train.finetune import finetune
+from qsearch.train.finetune import build_quantized, finetune
 from qsearch.train.float_model import load_float_weights, train_float
 from qsearch.train.loop import evaluate
 from qsearch.train.runtime import resolve_runtime
@@ -168,6 +169,25 @@ def test_quantized_checkpoint_round_trip(digits_setup, tmp_path: Path) -> None:
     loader = eval_loader(data, "test")
     original = evaluate(result.model, loader, runtime).accuracy
     assert evaluate(loaded.model, loader, runtime).accuracy == original
+
+
+def test_damaged_quantized_checkpoint_is_a_user_error(digits_setup, tmp_path: Path) -> None:
+    cfg, data, runtime, float_model, names = digits_setup
+    policy = Policy.uniform("lenet5", "digits", names, 3, 4, 8)
+    spec = QuantizerSpec.from_config(cfg.quantizer)
+    model = build_quantized(float_model, policy, spec, data, runtime)
+    blob = torch.load(save_quantized(tmp_path / "q.pt", model, policy, cfg, {}), weights_only=True)
+    weights = {**blob["state_dict"], f"{names[0]}.weight": torch.zeros(1)}
+    for name, broken, message in [
+        ("no_config", {**blob, "config": None}, r"malformed quantized checkpoint \(\w+Error\)"),
+        ("no_meta", {k: v for k, v in blob.items() if k != "meta"}, r"\(KeyError\)"),
+        ("bad_yaml", {**blob, "config": "model: [open"}, r"malformed quantized .*Error\)$"),
+        ("policy_list", {**blob, "policy": [1]}, "is not a qsearch policy"),
+        ("reshaped", {**blob, "state_dict": weights}, "weights do not fit the model: Error"),
+    ]:
+        torch.save(broken, tmp_path / f"{name}.pt")
+        with pytest.raises(UserError, match=message):
+            load_quantized(tmp_path / f"{name}.pt")
 
 
 def test_finetune_evaluate_and_resume_cli(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from qsearch.commands.evaluate import rebuild_any_checkpoint
 from qsearch.data import build_data
 from qsearch.errors import UserError
 from qsearch.models import build_model
@@ -66,6 +67,15 @@ def test_cache_key_changes_with_recipe_and_seed(tmp_path: Path) -> None:
     assert float_cache_dir(only_float, runtime) == float_cache_dir(other_seed, runtime)
 
 
+def test_cutout_changes_the_cache_key_only_when_on(tmp_path: Path) -> None:
+    # cutout came after the first cached checkpoints: off, it must leave their keys alone
+    cfg, _, runtime = _setup(tmp_path)
+    off, _, _ = _setup(tmp_path, "+dataset.augment.cutout=0")
+    on, _, _ = _setup(tmp_path, "+dataset.augment.cutout=4")
+    assert float_cache_dir(off, runtime) == float_cache_dir(cfg, runtime)
+    assert float_cache_dir(on, runtime) != float_cache_dir(cfg, runtime)
+
+
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path: Path) -> None:
     cfg, data, runtime = _setup(tmp_path / "a")
     reference = train_float(cfg, data, runtime)
@@ -97,7 +107,7 @@ def test_weights_load_into_a_fresh_model(tmp_path: Path) -> None:
     model = load_float_weights(build_model(cfg.model, data.info), checkpoint)
     assert model.classifier[-1].weight.abs().sum() > 0
     wrong = build_model(compose("train", "model=lenet_caffe").model, data.info)
-    with pytest.raises(UserError, match="does not fit this model"):
+    with pytest.raises(UserError, match="weights do not fit the model"):
         load_float_weights(wrong, checkpoint)
 
 
@@ -110,6 +120,24 @@ def test_corrupt_or_foreign_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(UserError, match="not a qsearch float checkpoint"):
         read_float_checkpoint(foreign)
+
+
+def test_evaluate_rebuilds_a_float_checkpoint_or_names_the_damage(tmp_path: Path) -> None:
+    cfg, data, runtime = _setup(tmp_path, "train.epochs=1")
+    path = train_float(cfg, data, runtime).path
+    blob = torch.load(path, weights_only=True)
+    model, policy, _, meta = rebuild_any_checkpoint(blob, path, "data", str(tmp_path))
+    trained = load_float_weights(build_model(cfg.model, data.info), read_float_checkpoint(path))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), trained.state_dict().values(), strict=True)
+    )
+    assert meta["epochs"] == 1 and {bits.w_bits for bits in policy.layers.values()} == {32}
+    without_meta = {k: v for k, v in blob.items() if k != "meta"}
+    with pytest.raises(UserError, match=r"malformed float checkpoint \(KeyError\)"):
+        rebuild_any_checkpoint(without_meta, path, "data", str(tmp_path))
+    with pytest.raises(UserError, match="not a qsearch float or quantized checkpoint"):
+        rebuild_any_checkpoint({"weights": torch.zeros(1)}, path, "data", str(tmp_path))
 
 
 def test_cosine_schedule_values() -> None:

@@ -22,7 +22,7 @@ from qsearch.quant.policy import FLOAT_BITS, Policy
 from qsearch.train.float_model import FLOAT_FORMAT
 from qsearch.train.loop import evaluate
 from qsearch.train.runtime import resolve_runtime
-from qsearch.utils.io import load_torch, write_json
+from qsearch.utils.io import load_torch, load_weights, reading_checkpoint, write_json
 
 
 def checkpoint_path(value: str) -> Path:
@@ -40,18 +40,17 @@ def rebuild_any_checkpoint(
         return loaded.model, loaded.policy, loaded.config, loaded.meta
     if not isinstance(blob, dict) or blob.get("format") != FLOAT_FORMAT or "config" not in blob:
         raise UserError(f"{path} is not a qsearch float or quantized checkpoint")
-    config = thaw_config(blob["config"], data_root, cache_dir)
-    info = dataset_shape(config.dataset)
-    model = build_model(config.model, info)
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit the stored model") from exc
+    with reading_checkpoint(path, "float"):
+        config = thaw_config(blob["config"], data_root, cache_dir)
+        state_dict, meta = blob["state_dict"], dict(blob["meta"])
+        info = dataset_shape(config.dataset)
+        model = build_model(config.model, info)
+    load_weights(model, state_dict, path)
     names = [layer.name for layer in model_inventory(model, info)]
     policy = Policy.uniform(
         str(config.model.name), str(config.dataset.name), names, FLOAT_BITS, FLOAT_BITS
     )
-    return model, policy, config, blob["meta"]
+    return model, policy, config, meta
 
 
 def run(cfg: DictConfig) -> None:

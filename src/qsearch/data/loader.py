@@ -2,7 +2,8 @@
 
 Small datasets (digits, MNIST, CIFAR-10, SVHN) fit in memory as uint8. Gathering a batch,
 augmenting it (random crop with zero padding + horizontal flip, as torchvision's
-``RandomCrop(padding=4)`` and ``RandomHorizontalFlip``) and normalizing it are a handful of
+``RandomCrop(padding=4)`` and ``RandomHorizontalFlip``, optionally Cutout) and normalizing it
+are a handful of
 tensor operations, so on 2 CPU cores the pipeline costs almost nothing next to the model's
 step (``scripts/bench_train.py`` measures the ratio).
 """
@@ -16,18 +17,28 @@ import torch
 from torch import Tensor
 
 from qsearch.data.tensors import DatasetInfo, TensorSplit
+from qsearch.errors import UserError
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Batch augmentation: ``crop_padding`` pixels of random-crop padding, optional flip."""
+    """Batch augmentation: ``crop_padding`` pixels of random-crop padding, optional flip,
+    and a ``cutout`` x ``cutout`` square masked out (0 = off)."""
 
     crop_padding: int = 0
     hflip: bool = False
+    cutout: int = 0
+
+    def __post_init__(self) -> None:
+        if self.crop_padding < 0 or self.cutout < 0:
+            raise UserError(
+                f"dataset.augment sizes must be >= 0, got crop_padding={self.crop_padding}, "
+                f"cutout={self.cutout}"
+            )
 
     @property
     def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.hflip
+        return self.crop_padding > 0 or self.hflip or self.cutout > 0
 
 
 def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
@@ -47,6 +58,21 @@ def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
     """Mirror a random half of the samples left-right."""
     flip = torch.rand(images.shape[0], generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """Cutout (DeVries & Taylor, 2017): zero one ``size x size`` square per sample.
+
+    The square's centre is uniform over the image, so near the border only part of it
+    falls inside. Applied to normalized images, the masked pixels take the dataset mean.
+    """
+    n, _, h, w = images.shape
+    cy = torch.randint(0, h, (n, 1, 1), generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1), generator=generator)
+    rows = torch.arange(h).view(1, h, 1) - cy + size // 2
+    cols = torch.arange(w).view(1, 1, w) - cx + size // 2
+    inside = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
+    return images.masked_fill(inside.unsqueeze(1).to(images.device), 0.0)
 
 
 class TensorLoader:
@@ -108,4 +134,7 @@ class TensorLoader:
                 images = random_crop(images, self.augment.crop_padding, generator)
             if self.augment.hflip:
                 images = random_hflip(images, generator)
-            yield self.normalize(images), self.split.labels[idx].to(self.device)
+            batch_images = self.normalize(images)
+            if self.augment.cutout:
+                batch_images = cutout(batch_images, self.augment.cutout, generator)
+            yield batch_images, self.split.labels[idx].to(self.device)

@@ -24,7 +24,7 @@ from qsearch.models import build_model, model_inventory
 from qsearch.models.inventory import LayerInfo
 from qsearch.quant.layers import QuantizerSpec
 from qsearch.quant.policy import Policy
-from qsearch.utils.io import load_torch, save_torch
+from qsearch.utils.io import load_torch, load_weights, reading_checkpoint, save_torch
 
 DYNAMIC_FORMAT = "qsearch-dynamic/1"
 _CONFIG_KEYS = ("model", "dataset", "quantizer")
@@ -78,28 +78,22 @@ def rebuild_dynamic(
 
     Anything that does not fit (a malformed plan, weights of another shape) is a UserError.
     """
-    try:
+    with reading_checkpoint(source, "dynamic"):
         config = thaw_config(blob["config"], data_root, cache_dir)
         settings = DynamicSettings.from_config(config.dynamic)
         policy = Policy.from_dict(blob["policy"], source=source)
         plan = DynamicPlan.from_dict(blob["plan"], source=source)
-        state_dict = blob["state_dict"]
-    except (KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
-        raise UserError(f"{source}: malformed dynamic checkpoint ({type(exc).__name__})") from exc
-    info = dataset_shape(config.dataset)
-    float_model = build_model(config.model, info)
+        state_dict, meta = blob["state_dict"], dict(blob.get("meta") or {})
+        info = dataset_shape(config.dataset)
+        float_model = build_model(config.model, info)
+        spec = QuantizerSpec.from_config(config.quantizer)
     inventory = model_inventory(float_model, info)
     policy.validate(inventory, str(config.model.name))
     if set(plan.static) | set(plan.dynamic) != set(policy.layers):
         raise UserError(f"{source}: the dynamic plan does not match its policy's layers")
-    spec = QuantizerSpec.from_config(config.quantizer)
     model = build_dynamic(float_model, inventory, policy, plan, spec, settings)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"{source}: weights do not fit the stored model: {first}") from exc
-    return DynamicCheckpoint(model, policy, plan, inventory, config, dict(blob.get("meta") or {}))
+    load_weights(model, state_dict, source)
+    return DynamicCheckpoint(model, policy, plan, inventory, config, meta)
 
 
 def load_dynamic(

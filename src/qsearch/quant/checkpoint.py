@@ -21,7 +21,7 @@ from qsearch.errors import UserError
 from qsearch.models import build_model, model_inventory
 from qsearch.quant.layers import QuantizerSpec, quantize_model
 from qsearch.quant.policy import Policy
-from qsearch.utils.io import load_torch, save_torch
+from qsearch.utils.io import load_torch, load_weights, reading_checkpoint, save_torch
 
 QUANT_FORMAT = "qsearch-quant/1"
 _CONFIG_KEYS = ("model", "dataset", "quantizer")
@@ -63,20 +63,20 @@ def rebuild_quantized(
 ) -> QuantizedCheckpoint:
     """Rebuild the model of a loaded quantized checkpoint ``blob`` (read from ``source``).
 
-    ``data_root``/``cache_dir`` fill the stored dataset config's folders.
+    ``data_root``/``cache_dir`` fill the stored dataset config's folders. Anything that
+    does not fit (a missing entry, a policy or weights of another model) is a UserError.
     """
-    config = thaw_config(blob["config"], data_root, cache_dir)
-    info = dataset_shape(config.dataset)
-    model = build_model(config.model, info)
-    policy = Policy.from_dict(blob["policy"], source=source)
+    with reading_checkpoint(source, "quantized"):
+        config = thaw_config(blob["config"], data_root, cache_dir)
+        policy = Policy.from_dict(blob["policy"], source=source)
+        state_dict, meta = blob["state_dict"], dict(blob["meta"])
+        info = dataset_shape(config.dataset)
+        model = build_model(config.model, info)
+        spec = QuantizerSpec.from_config(config.quantizer)
     policy.validate(model_inventory(model, info), str(config.model.name))
-    quantize_model(model, policy, QuantizerSpec.from_config(config.quantizer))
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"{source}: weights do not fit the stored model: {first}") from exc
-    return QuantizedCheckpoint(model=model, policy=policy, config=config, meta=blob["meta"])
+    quantize_model(model, policy, spec)
+    load_weights(model, state_dict, source)
+    return QuantizedCheckpoint(model=model, policy=policy, config=config, meta=meta)
 
 
 def load_quantized(

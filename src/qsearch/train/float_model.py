@@ -40,12 +40,21 @@ from qsearch.train.loop import (
     train_one_epoch,
 )
 from qsearch.train.runtime import Runtime
-from qsearch.utils.io import load_torch, save_torch, write_json
+from qsearch.utils.io import (
+    load_torch,
+    load_weights,
+    reading_checkpoint,
+    save_torch,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 FLOAT_FORMAT = "qsearch-float/1"
 _SOURCE_KEYS_NOT_IN_IDENTITY = ("root", "download", "cache_dir")
+# augmentation options added after the first cached checkpoints: left out of the identity
+# while off, so that the checkpoints trained before them keep their keys
+_AUGMENT_KEYS_IN_IDENTITY_ONLY_WHEN_ON = ("cutout",)
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,11 @@ def float_identity(cfg: DictConfig, runtime: Runtime) -> dict[str, Any]:
     assert isinstance(source, dict)
     for key in _SOURCE_KEYS_NOT_IN_IDENTITY:
         source.pop(key, None)
+    augment = OmegaConf.to_container(cfg.dataset.get("augment", {}), resolve=True)
+    assert isinstance(augment, dict)
+    for key in _AUGMENT_KEYS_IN_IDENTITY_ONLY_WHEN_ON:
+        if not augment.get(key):
+            augment.pop(key, None)
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "dataset": {
@@ -83,7 +97,7 @@ def float_identity(cfg: DictConfig, runtime: Runtime) -> dict[str, Any]:
             "source": source,
             "val_size": cfg.dataset.val_size,
             "split_seed": cfg.dataset.split_seed,
-            "augment": OmegaConf.to_container(cfg.dataset.get("augment", {}), resolve=True),
+            "augment": augment,
         },
         "seed": float_seed(cfg),
         "recipe": OmegaConf.to_container(cfg.train, resolve=True),
@@ -126,12 +140,9 @@ def read_float_checkpoint(path: Path) -> FloatCheckpoint:
 def load_float_weights(model: nn.Module, checkpoint: FloatCheckpoint) -> nn.Module:
     """Load the checkpoint's state dict into ``model``; a mismatch is a UserError."""
     blob = load_torch(checkpoint.path)
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"{checkpoint.path} does not fit this model: {first}") from exc
-    return model
+    with reading_checkpoint(checkpoint.path, "float"):
+        state_dict = blob["state_dict"]
+    return load_weights(model, state_dict, checkpoint.path)
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]

@@ -7,12 +7,14 @@ import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from torch import nn
 
 from qsearch.errors import UserError
 
@@ -84,3 +86,24 @@ def load_torch(path: str | Path) -> Any:
             f"cannot read checkpoint {path}: damaged ({type(exc).__name__}"
             f"{': ' + reason if reason else ''})"
         ) from exc
+
+
+@contextmanager
+def reading_checkpoint(source: str | Path, kind: str) -> Iterator[None]:
+    """Turn a missing entry or a wrong type inside a loaded ``kind`` checkpoint (read from
+    ``source``) into a UserError: the file was written by something else, or damaged."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise UserError(f"{source}: malformed {kind} checkpoint ({type(exc).__name__})") from exc
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str | Path) -> nn.Module:
+    """``model.load_state_dict(state_dict)``; weights of other names or shapes are a
+    UserError naming ``source`` and the first mismatch."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{source}: weights do not fit the model: {first}") from exc
+    return model
