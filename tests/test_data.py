@@ -151,9 +151,15 @@ def test_loader_cutout_sets_pixels_to_the_dataset_mean() -> None:
     assert bool(masked.flatten(1).any(1).all())  # the centre always lies inside
 
 
-def test_negative_augment_size_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="cutout=-1"):
+def test_bad_augment_options_are_user_errors() -> None:
+    with pytest.raises(UserError, match=r"dataset.augment.cutout must be an integer >= 0, got -1"):
         Augment(cutout=-1)
+    with pytest.raises(UserError, match=r"crop_padding must be an integer >= 0, got 'four'"):
+        Augment.from_config({"crop_padding": "four"})
+    with pytest.raises(UserError, match=r"unknown dataset.augment option\(s\) \['cutot'\]"):
+        Augment.from_config({"cutot": 8})
+    assert Augment.from_config(None) == Augment()
+    assert Augment.from_config({"cutout": 8, "hflip": True}) == Augment(0, True, 8)
 
 
 def test_missing_dataset_names_path_and_command(tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ def run(cfg: DictConfig) -> None:
             val_subset=ev.val_subset,
         ),
         seed=int(cfg.seed),
-        augment=Augment(**cfg.dataset.get("augment", {})),
+        augment=Augment.from_config(cfg.dataset.get("augment")),
         cache_dir=Path(cfg.cache_dir) / "evals",
         context={
             "float": float_checkpoint.meta["key"],

@@ -54,7 +54,7 @@ def train_loader(
     data: DataSplits, dataset_cfg: DictConfig, batch_size: int, seed: int, device: str = "cpu"
 ) -> TensorLoader:
     """Shuffled, augmented (as the dataset config says) batches of the train split."""
-    augment = Augment(**dataset_cfg.get("augment", {}))
+    augment = Augment.from_config(dataset_cfg.get("augment"))
     return TensorLoader(
         data.train,
         data.info,

@@ -2,16 +2,16 @@
 
 Small datasets (digits, MNIST, CIFAR-10, SVHN) fit in memory as uint8. Gathering a batch,
 augmenting it (random crop with zero padding + horizontal flip, as torchvision's
-``RandomCrop(padding=4)`` and ``RandomHorizontalFlip``, optionally Cutout) and normalizing it
-are a handful of
-tensor operations, so on 2 CPU cores the pipeline costs almost nothing next to the model's
-step (``scripts/bench_train.py`` measures the ratio).
+``RandomCrop(padding=4)`` and ``RandomHorizontalFlip``, optionally Cutout) and normalizing
+it are a handful of tensor operations, so on 2 CPU cores the pipeline costs almost nothing
+next to the model's step (``scripts/bench_train.py`` measures the ratio).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,11 +30,20 @@ class Augment:
     cutout: int = 0
 
     def __post_init__(self) -> None:
-        if self.crop_padding < 0 or self.cutout < 0:
-            raise UserError(
-                f"dataset.augment sizes must be >= 0, got crop_padding={self.crop_padding}, "
-                f"cutout={self.cutout}"
-            )
+        for name in ("crop_padding", "cutout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"dataset.augment.{name} must be an integer >= 0, got {value!r}")
+
+    @classmethod
+    def from_config(cls, augment: Mapping[str, Any] | None) -> Augment:
+        """The ``dataset.augment`` config node; an unknown key is a UserError."""
+        options = dict(augment or {})
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(cls))
+            raise UserError(f"unknown dataset.augment option(s) {unknown} (known: {known})")
+        return cls(**options)
 
     @property
     def enabled(self) -> bool:
