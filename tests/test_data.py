@@ -127,7 +127,7 @@ def test_cutout_masks_one_clipped_square_per_image(size: int, seed: int) -> None
     assert bool((masked[~zero] == 1).all())
     for square in zero[:, 0]:
         rows, cols = square.any(1).nonzero().flatten(), square.any(0).nonzero().flatten()
-        # a full rectangle of contiguous rows x cols, at most size x size, holding its centre
+        # a full rectangle of contiguous rows x cols: the size x size square, clipped
         assert int(square.sum()) == len(rows) * len(cols)
         for kept in (rows, cols):
             assert len(kept) == int(kept[-1] - kept[0]) + 1
