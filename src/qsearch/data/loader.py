@@ -45,10 +45,6 @@ class Augment:
             raise UserError(f"unknown dataset.augment option(s) {unknown} (known: {known})")
         return cls(**options)
 
-    @property
-    def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.hflip or self.cutout > 0
-
 
 def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     """Zero-pad by ``padding`` and take one random ``H x W`` window per sample."""
