@@ -125,22 +125,15 @@ def pipeline_row(name: str, steps: int) -> dict:
     }
 
 
-def _variant(row: dict) -> list[str]:
-    """A row's overrides of the default recipe (rows saved before variants: only epochs)."""
-    if "variant" in row:
-        return row["variant"]
-    return [] if row.get("default_schedule", True) else [f"train.epochs={row['epochs']}"]
-
-
 def _key(row: dict) -> str:
     """A row's identity: the pair, plus its overrides when not the default recipe."""
-    return " ".join([row["pair"], *_variant(row)])
+    return " ".join([row["pair"], *row["variant"]])
 
 
 def report(accuracy: list[dict], pipeline: list[dict]) -> str:
     rows = []
     for r in accuracy:
-        variant = " ".join(_variant(r))
+        variant = " ".join(r["variant"])
         if "skipped" in r:
             rows.append([_key(r), "skipped", "", "", "", "", "", r["skipped"]])
             continue
