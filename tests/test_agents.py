@@ -4,11 +4,14 @@ records episodes, and (RL agents) saves itself so that a resumed search continue
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import torch
+from sb3_contrib import RecurrentPPO
 
 from qsearch.agents import SearchContext
+from qsearch.agents._sb3 import AGENT_FILE, save_atomic
 from qsearch.agents.haq import HaqAgent
 from qsearch.agents.releq import ReleqAgent
 from qsearch.config import group_options, instantiate_checked
@@ -112,6 +115,23 @@ def test_agent_resumes_without_paying_twice(agent: str, tmp_path: Path) -> None:
     agent_again.search(resumed)
     assert resumed.recorder.used == 14
     assert evaluator.calls == 6  # the policies seen before the restart are not paid again
+
+
+def test_agent_save_killed_midway_keeps_the_previous_file(tmp_path: Path) -> None:
+    ctx, search_agent = _context("releq", tmp_path, 8)
+    search_agent.search(ctx)
+    saved = tmp_path / AGENT_FILE
+    before = saved.read_bytes()
+
+    def dies_halfway(handle: BinaryIO) -> None:
+        handle.write(before[: len(before) // 2])
+        raise KeyboardInterrupt  # as a kill lands in the middle of algorithm.save
+
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic(saved, dies_halfway)
+    assert saved.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert RecurrentPPO.load(saved, device="cpu").n_steps > 0
 
 
 def test_hawq_sensitivity_orders_bits(tmp_path: Path) -> None:

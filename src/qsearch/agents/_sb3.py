@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from qsearch.agents import SearchContext
 from qsearch.env.recorder import BudgetExhausted
+from qsearch.utils.io import write_atomic
 
 AGENT_FILE = "agent.zip"
+
+
+def save_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write an SB3 file (``algorithm.save``, ``save_replay_buffer``) to ``path`` through a
+    temporary file: a search killed mid-save leaves the previous file whole for ``resume``."""
+
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
+
+    write_atomic(path, writer)
 
 
 class SearchCallback(BaseCallback):

@@ -18,7 +18,7 @@ from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from qsearch.agents import SearchContext
-from qsearch.agents._sb3 import AGENT_FILE, learn_within_budget
+from qsearch.agents._sb3 import AGENT_FILE, learn_within_budget, save_atomic
 from qsearch.env.quant_env import HaqEnv
 from qsearch.env.rewards import HaqReward
 
@@ -128,7 +128,7 @@ class HaqAgent:
             )
 
         def save(algorithm: BaseAlgorithm) -> None:
-            algorithm.save(saved)
-            algorithm.save_replay_buffer(buffer)  # type: ignore[attr-defined]
+            save_atomic(saved, algorithm.save)
+            save_atomic(buffer, algorithm.save_replay_buffer)  # type: ignore[attr-defined]
 
         learn_within_budget(model, ctx, steps, save)

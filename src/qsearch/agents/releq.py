@@ -15,7 +15,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from qsearch.agents import SearchContext
-from qsearch.agents._sb3 import AGENT_FILE, learn_within_budget
+from qsearch.agents._sb3 import AGENT_FILE, learn_within_budget, save_atomic
 from qsearch.env.embedding import weight_std
 from qsearch.env.quant_env import ReleqEnv
 from qsearch.env.rewards import ReleqReward
@@ -93,6 +93,6 @@ class ReleqAgent:
             )
 
         def save(algorithm: BaseAlgorithm) -> None:
-            algorithm.save(saved)
+            save_atomic(saved, algorithm.save)
 
         learn_within_budget(model, ctx, env.layers, save)
