@@ -19,7 +19,11 @@ AGENT_FILE = "agent.zip"
 
 def save_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write an SB3 file (``algorithm.save``, ``save_replay_buffer``) to ``path`` through a
-    temporary file: a search killed mid-save leaves the previous file whole for ``resume``."""
+    temporary file: a search killed mid-save leaves the previous file whole for ``resume``.
+
+    SB3 is handed an open file, not the temporary path: given a path that does not end in
+    ``.zip`` (the temporary one ends in ``.tmp``), ``save`` writes to ``<path>.zip`` instead.
+    """
 
     def writer(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
