@@ -130,6 +130,33 @@ def _key(row: dict) -> str:
     return " ".join([row["pair"], *row["variant"]])
 
 
+def seed_spread(accuracy: list[dict]) -> list[str]:
+    """One line per recipe trained with more than one ``float_seed``: its test accuracies.
+
+    A row without a ``float_seed=`` override is seed 0 (the config default)."""
+    by_recipe: dict[tuple, dict[int, float]] = {}
+    for r in accuracy:
+        if "skipped" in r:
+            continue
+        seeds = [v.split("=", 1)[1] for v in r["variant"] if v.startswith("float_seed=")]
+        recipe = tuple(v for v in r["variant"] if not v.startswith("float_seed="))
+        seed = int(seeds[0]) if seeds else 0
+        by_recipe.setdefault((r["pair"], recipe), {})[seed] = r["test_acc"]
+    lines = []
+    for (pair, recipe), accs in by_recipe.items():
+        if len(accs) < 2:
+            continue
+        seeds = sorted(accs)
+        lines.append(
+            f"Seed spread, {pair}"
+            + (f" (`{' '.join(recipe)}`)" if recipe else "")
+            + f": float_seed {' / '.join(map(str, seeds))} give "
+            + " / ".join(f"{accs[s]:.2f}" for s in seeds)
+            + f" % test (mean {statistics.mean(accs.values()):.2f})."
+        )
+    return lines
+
+
 def report(accuracy: list[dict], pipeline: list[dict]) -> str:
     rows = []
     for r in accuracy:
@@ -172,6 +199,8 @@ def report(accuracy: list[dict], pipeline: list[dict]) -> str:
         "measured on augmented batches (with Cutout, a masked image is harder than a clean one).",
         "",
     ]
+    if spread := seed_spread(accuracy):
+        text += [" ".join(spread), ""]
     prow = [
         [
             r["pair"],
