@@ -138,9 +138,9 @@ def seed_spread(accuracy: list[dict]) -> list[str]:
     for r in accuracy:
         if "skipped" in r:
             continue
-        seeds = [v.split("=", 1)[1] for v in r["variant"] if v.startswith("float_seed=")]
-        recipe = tuple(v for v in r["variant"] if not v.startswith("float_seed="))
-        seed = int(seeds[0]) if seeds else 0
+        seed_override = [v for v in r["variant"] if v.startswith("float_seed=")]
+        recipe = tuple(v for v in r["variant"] if v not in seed_override)
+        seed = int(seed_override[0].split("=", 1)[1]) if seed_override else 0
         by_recipe.setdefault((r["pair"], recipe), {})[seed] = r["test_acc"]
     lines = []
     for (pair, recipe), accs in by_recipe.items():
