@@ -19,6 +19,7 @@ from qsearch.data import build_data
 from qsearch.env.recorder import Objective, SearchRecorder
 from qsearch.env.rewards import ReleqReward
 from qsearch.env.space import SearchSpace
+from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape
 from qsearch.models import build_model, model_inventory
 from qsearch.quant.layers import QuantizerSpec
 from qsearch.train.runtime import resolve_runtime
@@ -35,8 +36,14 @@ def _context(
     resume: bool = False,
     evaluator: FakeEvaluator | None = None,
     cost_fraction: float | None = None,
+    synthetic: bool = False,
+    overrides: tuple[str, ...] = (),
 ) -> tuple[SearchContext, object]:
-    cfg = compose("search", f"agent={agent}", "runtime.precision=fp32")
+    """A search context on lenet5/digits; ``synthetic``: on a synthetic landscape (3
+    searched layers, 2/4/8-bit weights, 8-bit activations) instead of ``evaluator``."""
+    if synthetic:
+        overrides = ("search.w_bits=[2,4,8]", "search.search_activations=false", *overrides)
+    cfg = compose("search", f"agent={agent}", "runtime.precision=fp32", *overrides)
     data = build_data(cfg.dataset)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.info)
@@ -56,6 +63,9 @@ def _context(
     )
     if cost_fraction is not None:
         space.budget = cost_fraction * oracle.total(space.uniform(8))
+    landscape = SyntheticLandscape(space, SyntheticConfig(float_accuracy=99.0))
+    if synthetic:
+        evaluator = landscape
     reward = instantiate_checked(cfg.reward)
     objective = Objective(space, 99.0, reward if isinstance(reward, ReleqReward) else ReleqReward())
     recorder = SearchRecorder(
@@ -79,6 +89,7 @@ def _context(
         data=data,
         spec=QuantizerSpec.from_config(cfg.quantizer),
         runtime=resolve_runtime(cfg.runtime),
+        sensitivities=(lambda: landscape.estimate(0)) if synthetic else None,
     )
     return ctx, instantiate_checked(cfg.agent, _convert_="all")
 
@@ -132,15 +143,6 @@ def test_agent_save_killed_midway_keeps_the_previous_file(tmp_path: Path) -> Non
     assert saved.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert RecurrentPPO.load(saved, device="cpu").n_steps > 0
-
-
-def test_hawq_sensitivity_orders_bits(tmp_path: Path) -> None:
-    ctx, search_agent = _context("hawq", tmp_path, 6)
-    names = [ctx.space.inventory[i].name for i in ctx.space.searchable]
-    omega = search_agent._sensitivities(ctx, names)
-    assert omega.shape == (len(names), len(ctx.space.w_choices))
-    assert (omega[:, 0] > omega[:, -1]).all()  # 2 bits perturb more than 8 bits
-    assert (tmp_path / "hawq_sensitivity.json").is_file()
 
 
 def test_releq_warns_below_three_ppo_updates() -> None:

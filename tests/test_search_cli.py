@@ -151,3 +151,56 @@ def test_killed_search_resumes_without_paying_twice(tmp_path: Path) -> None:
     assert (warned is None) == (ppo_updates >= 3)
     if warned:
         assert f"{ppo_updates} PPO update(s)" in warned and warned in resumed.stderr
+
+
+def test_no_feasible_policy_is_an_error_and_writes_no_policy(tmp_path: Path) -> None:
+    args = ["agent=uniform", "budget.evaluations=1", "budget.cost_fraction=0.5"]
+    result = run_qsearch("search", *args, *FAST, cwd=tmp_path)  # uniform spends it on W8
+    assert result.returncode == 2, result.stderr
+    assert "no evaluated policy meets the cost budget" in result.stderr
+    assert result.stderr.count("\n") == 1
+    (run,) = tmp_path.glob("outputs/search/*")
+    assert (run / "evaluations.csv").is_file() and not (run / "policy.yaml").exists()
+
+
+def test_releq_with_activations_and_a_tight_budget_returns_a_feasible_policy(
+    tmp_path: Path,
+) -> None:
+    args = [
+        "agent=releq",
+        "search.search_activations=true",
+        "budget.cost_fraction=0.36",
+        "budget.evaluations=6",
+    ]
+    result = run_qsearch("search", *args, *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = tmp_path.glob("outputs/search/*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best"]["feasible"] and summary["best"]["cost_vs_8bit"] <= 0.36 + 1e-9
+    assert any(a != 8 for a in summary["best"]["a_bits"][1:-1])  # activations were searched
+
+
+def test_synthetic_search_reports_its_regret_without_data(tmp_path: Path) -> None:
+    args = [
+        "evaluator=synthetic",
+        "model=resnet20",
+        "dataset=cifar10",
+        "agent=random",
+        "search.search_activations=true",
+        "budget.cost_fraction=0.2",
+        "budget.evaluations=20",
+        "data_root=/nonexistent",
+    ]
+    result = run_qsearch("search", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = tmp_path.glob("outputs/search/*")
+    synthetic = json.loads((run / "summary.json").read_text())["synthetic"]
+    assert synthetic["regret"] == synthetic["optimum"] - synthetic["found_true"] >= 0
+    assert "regret" in result.stdout
+    assert not (tmp_path / "cache" / "float").exists()  # no float model was trained
+
+
+def test_synthetic_search_needs_a_budget(tmp_path: Path) -> None:
+    result = run_qsearch("search", "evaluator=synthetic", cwd=tmp_path)
+    assert result.returncode == 2 and "needs a cost budget" in result.stderr
+    assert not list(tmp_path.glob("outputs/search/*"))

@@ -145,9 +145,13 @@ def test_releq_reward_hand_values() -> None:
 
 
 def test_haq_reward_with_moving_baseline() -> None:
+    # the reward is raw: the baseline is subtracted at update time by the haq agent's
+    # replay buffer (tests/test_haq.py), so one accuracy always gets the same reward
     reward = HaqReward(scale=0.1, baseline_alpha=0.5)
-    assert reward(98.0, 99.0) == pytest.approx(0.0)  # first reward is the baseline
-    assert reward(99.0, 99.0) == pytest.approx(0.0 - (-0.05))  # baseline -0.1 -> -0.05
+    assert reward(98.0, 99.0) == pytest.approx(-0.1)  # not 0 for the first episode
+    assert reward(99.0, 99.0) == pytest.approx(0.0)
+    assert reward(98.0, 99.0) == pytest.approx(-0.1)  # the same later on
+    assert reward.baseline_alpha == 0.5  # kept for the agent
     assert HaqReward(baseline_alpha=None)(97.0, 99.0) == pytest.approx(-0.2)
 
 
@@ -219,11 +223,12 @@ def test_releq_env_passes_checkers_and_rewards(every: str, tmp_path: Path) -> No
     env = ReleqEnv(space, recorder, ReleqReward(every=every), 99.0, [0.1] * 5)
     gym_check_env(env, skip_render_check=True)
     sb3_check_env(env)
+    env = ReleqEnv(space, recorder, ReleqReward(every=every), 99.0, [0.1] * 5)
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (8,) and obs[1] == 1.0  # the first layer starts at 8 bits
+    assert obs.shape == (10,) and obs[1] == 1.0  # before any episode: the largest bits
     rewards = []
-    for action in (0, 0, 0):  # 2 bits everywhere
-        obs, reward, terminated, truncated, _ = env.step(action)
+    for _ in range(3):  # 2 bits everywhere
+        obs, reward, terminated, truncated, _ = env.step(np.array([0, 0]))
         rewards.append(reward)
     assert terminated and not truncated
     policy = space.policy([2, 2, 2])
@@ -231,6 +236,48 @@ def test_releq_env_passes_checkers_and_rewards(every: str, tmp_path: Path) -> No
     expected = releq_reward(space.state_quant(policy), accuracy / 99.0, 0.8, 1.0, 0.4)
     assert rewards[-1] == pytest.approx(expected)
     assert (rewards[0] != 0) == (every == "step")
+
+
+def test_releq_state_carries_each_layers_bits_of_the_last_episode(tmp_path: Path) -> None:
+    space = make_space()
+    env = ReleqEnv(
+        space, make_recorder(space, tmp_path), ReleqReward(every="episode"), 99.0, [0.1] * 5
+    )
+    env.reset(seed=0)
+    for w in (0, 2, 4):  # 2, 4 and 8 bits
+        env.step(np.array([w, 0]))
+    seen = []
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):
+        seen.append(round(float(obs[1]) * 8))
+        obs, *_ = env.step(np.array([0, 0]))
+    assert seen == [2, 4, 8]
+
+
+def test_releq_searches_activations_as_pairs(tmp_path: Path) -> None:
+    space = make_space(search_activations=True)  # w in {2,3,4,5,8}, a in {2,4,8}
+    env = ReleqEnv(
+        space, make_recorder(space, tmp_path), ReleqReward(every="episode"), 99.0, [0.1] * 5
+    )
+    assert list(env.action_space.nvec) == [5, 3]
+    env.reset(seed=0)
+    for action in ([0, 0], [0, 1], [4, 2]):  # (2, 2), (2, 4), (8, 8)
+        env.step(np.array(action))
+    assert space.searched_bits(env.recorder.best_policy()) == ([2, 2, 8], [2, 4, 8])
+
+
+def test_releq_under_a_budget_projects_and_evaluates_once_per_episode(tmp_path: Path) -> None:
+    space = make_space(search_activations=True)
+    space.budget = 0.45 * space.cost.total(space.uniform(8))
+    recorder = make_recorder(space, tmp_path)
+    env = ReleqEnv(space, recorder, ReleqReward(every="step"), 99.0, [0.1] * 5)
+    obs, _ = env.reset(seed=0)
+    assert obs[5] > 0  # the committed cost feature
+    rewards = [env.step(np.array([4, 2]))[1] for _ in range(3)]  # 8 bits: over the budget
+    assert rewards[:2] == [0.0, 0.0] and recorder.used == 1
+    best = recorder.best
+    assert best is not None and best.feasible and best.cost <= space.budget
+    assert rewards[2] == pytest.approx((best.accuracy / 99.0) ** (99.0 / best.accuracy))
 
 
 @pytest.mark.filterwarnings("ignore:We recommend you to use a symmetric")

@@ -12,12 +12,13 @@ from rich.table import Table
 from qsearch.agents import SearchContext
 from qsearch.commands._common import console, run_dir
 from qsearch.config import instantiate_checked
-from qsearch.data import Augment, build_data, dataset_shape
+from qsearch.data import Augment, DataSplits, build_data, dataset_shape
 from qsearch.env.cost import cost_oracle
 from qsearch.env.evaluator import PolicyEvaluator, RetrainConfig
 from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
 from qsearch.env.rewards import HaqReward, ReleqReward
 from qsearch.env.space import SearchSpace
+from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape
 from qsearch.errors import UserError
 from qsearch.models import build_model, model_inventory
 from qsearch.quant.layers import QuantizerSpec
@@ -25,7 +26,7 @@ from qsearch.quant.policy import Policy
 from qsearch.report.figures import bits_figure, pareto_figure
 from qsearch.report.live import SearchMonitor, bits_text
 from qsearch.train.float_model import load_float_weights, train_float
-from qsearch.train.runtime import resolve_runtime
+from qsearch.train.runtime import Runtime, resolve_runtime
 from qsearch.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,35 @@ def build_space(cfg: DictConfig, inventory: list[Any]) -> SearchSpace:
     return space
 
 
+def _retrain_evaluator(
+    cfg: DictConfig, model: Any, data: DataSplits, runtime: Runtime, spec: QuantizerSpec
+) -> PolicyEvaluator:
+    """``evaluator=retrain``: short retraining from the float weights, cached on disk."""
+    ev = cfg.evaluator
+    return PolicyEvaluator(
+        model,
+        data,
+        runtime,
+        spec,
+        RetrainConfig(
+            steps=int(ev.steps),
+            lr=float(ev.lr),
+            batch_size=int(ev.batch_size),
+            weight_decay=float(cfg.train.weight_decay),
+            train_subset=ev.train_subset,
+            val_subset=ev.val_subset,
+        ),
+        seed=int(cfg.seed),
+        augment=Augment.from_config(cfg.dataset.get("augment")),
+        cache_dir=Path(cfg.cache_dir) / "evals",
+        context={
+            "model": cfg.model.name,
+            "dataset": cfg.dataset.name,
+            "quantizer": OmegaConf.to_container(cfg.quantizer, resolve=True),
+        },
+    )
+
+
 def _uniform8(space: SearchSpace) -> Policy:
     """Uniform 8-bit weights and activations: the reference every cost is compared to."""
     n = len(space.searchable)
@@ -86,35 +116,19 @@ def run(cfg: DictConfig) -> None:
         )
 
     runtime = resolve_runtime(cfg.runtime)
-    data = build_data(cfg.dataset)
-    float_checkpoint = train_float(cfg, data, runtime)
-    load_float_weights(model, float_checkpoint)
     spec = QuantizerSpec.from_config(cfg.quantizer)
-    ev = cfg.evaluator
-    evaluator = PolicyEvaluator(
-        model,
-        data,
-        runtime,
-        spec,
-        RetrainConfig(
-            steps=int(ev.steps),
-            lr=float(ev.lr),
-            batch_size=int(ev.batch_size),
-            weight_decay=float(cfg.train.weight_decay),
-            train_subset=ev.train_subset,
-            val_subset=ev.val_subset,
-        ),
-        seed=int(cfg.seed),
-        augment=Augment.from_config(cfg.dataset.get("augment")),
-        cache_dir=Path(cfg.cache_dir) / "evals",
-        context={
-            "float": float_checkpoint.meta["key"],
-            "model": cfg.model.name,
-            "dataset": cfg.dataset.name,
-            "quantizer": OmegaConf.to_container(cfg.quantizer, resolve=True),
-        },
-    )
-    float_accuracy = evaluator.float_accuracy()
+    if cfg.evaluator.name == "synthetic":
+        evaluator = SyntheticLandscape(space, SyntheticConfig.from_config(cfg.evaluator))
+        evaluator.optimum()  # a UserError without a budget, before any work
+        data, float_meta = None, {"test_acc": None}
+        float_accuracy = evaluator.float_accuracy
+    else:
+        data = build_data(cfg.dataset)
+        float_checkpoint = train_float(cfg, data, runtime)
+        load_float_weights(model, float_checkpoint)
+        evaluator = _retrain_evaluator(cfg, model, data, runtime, spec)
+        float_meta = float_checkpoint.meta
+        float_accuracy = evaluator.float_accuracy()
     releq = reward if isinstance(reward, ReleqReward) else ReleqReward()
     reference_cost = space.cost.total(_uniform8(space))
     monitor = SearchMonitor(
@@ -148,6 +162,11 @@ def run(cfg: DictConfig) -> None:
         spec=spec,
         runtime=runtime,
         max_episodes=cfg.search.max_episodes,
+        sensitivities=(
+            (lambda: evaluator.estimate(int(cfg.seed)))
+            if isinstance(evaluator, SyntheticLandscape)
+            else None
+        ),
     )
     log.info(
         "searching %d of %d layers of %s with %s; budget %d evaluations%s",
@@ -185,6 +204,21 @@ def run(cfg: DictConfig) -> None:
     best = recorder.best
     if best is None:
         raise UserError("the search evaluated no policy (budget.evaluations too small?)")
+    if not best.feasible:
+        raise UserError(
+            f"no evaluated policy meets the cost budget ({recorder.used} evaluated, the "
+            f"cheapest at {min(e.cost for e in recorder.searched()) / reference_cost:.3f} "
+            f"of 8-bit, budget {cfg.budget.cost_fraction}): no policy.yaml written; see "
+            f"{out / 'evaluations.csv'}"
+        )
+    extras: dict[str, Any] = {"agent_warning": note}
+    if isinstance(evaluator, SyntheticLandscape):
+        extras["synthetic"] = _synthetic_summary(evaluator, recorder)
+        console.print(
+            f"synthetic landscape: optimum {extras['synthetic']['optimum']:.3f} %, found "
+            f"{extras['synthetic']['found_true']:.3f} % (true), regret "
+            f"{extras['synthetic']['regret']:.3f} points"
+        )
     _write_results(
         cfg,
         out,
@@ -193,9 +227,24 @@ def run(cfg: DictConfig) -> None:
         references,
         float_accuracy,
         reference_cost,
-        float_checkpoint.meta,
-        agent_warning=note,
+        float_meta,
+        extras,
     )
+
+
+def _synthetic_summary(landscape: SyntheticLandscape, recorder: SearchRecorder) -> dict[str, Any]:
+    """The known optimum of a synthetic landscape and how far the found policy is from it."""
+    found = recorder.best_policy()
+    assert found is not None
+    optimum, optimum_policy = landscape.optimum()
+    w_bits, a_bits = landscape.space.searched_bits(optimum_policy)
+    return {
+        "optimum": optimum,
+        "found_true": landscape.true_accuracy(found),
+        "regret": landscape.regret(found),
+        "optimum_policy": {"w_bits": w_bits, "a_bits": a_bits},
+        "noise_std": landscape.config.noise_std,
+    }
 
 
 def _write_results(
@@ -207,8 +256,9 @@ def _write_results(
     float_accuracy: float,
     reference_cost: float,
     float_meta: dict[str, Any],
-    agent_warning: str | None = None,
+    extras: dict[str, Any],
 ) -> None:
+    """policy.yaml, summary.json (``extras`` merged in), the figures and the console table."""
     best = recorder.best
     assert best is not None
     policy = recorder.best_policy()
@@ -247,7 +297,6 @@ def _write_results(
         "evaluations": recorder.used,
         "episodes": recorder.episode,
         "stopped_by": "budget" if recorder.exhausted else "agent (no new policies)",
-        "agent_warning": agent_warning,
         "metric": metric,
         "budget_cost": space.budget,
         "evaluator": {
@@ -258,6 +307,7 @@ def _write_results(
     }
     dominating = dominating_references(best, references)
     summary["dominated_by"] = dominating
+    summary |= extras
     write_json(out / "summary.json", summary)
     title = f"{cfg.model.name} on {cfg.dataset.name}: {recorder.agent}"
     pareto_figure(

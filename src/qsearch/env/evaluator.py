@@ -3,9 +3,11 @@
 The reward of every search step comes from here (ReLeQ: "after each action, short
 retraining"; HAQ: a short fine-tune of the constrained policy). Accuracy is measured on
 the validation split, never the test split. Results are cached in an append-only JSONL
-file keyed by everything that determines them (model, dataset, float checkpoint,
-quantizer, retraining recipe, seed), so no configuration is retrained twice: not within a
-search, not across episodes, not across resumed or repeated runs.
+file keyed by everything that determines them (the float weights' content, model, dataset,
+quantizer, retraining recipe, seed, device, precision, compiled kernels and the evaluator's
+own version), so no configuration is retrained twice: not within a search, not across
+episodes, not across resumed or repeated runs; and a retrained float model or another
+device never reuses a stale accuracy.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 from qsearch.data import DataSplits, TensorLoader, eval_loader
 from qsearch.data.loader import Augment
 from qsearch.data.tensors import split_off
+from qsearch.quant.kernels import compile_enabled
 from qsearch.quant.layers import QuantizerSpec, calibrate, quantize_model
 from qsearch.quant.policy import Policy
 from qsearch.train.loop import (
@@ -35,6 +38,18 @@ from qsearch.train.loop import (
     train_one_epoch,
 )
 from qsearch.train.runtime import Runtime
+
+EVALUATOR_VERSION = 2  # raise when a change to this module changes the accuracies it returns
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes), in sorted order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{flat.dtype}:{tuple(flat.shape)}".encode())
+        digest.update(flat.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -141,7 +156,12 @@ class PolicyEvaluator:
             "retrain": asdict(retrain),
             "seed": seed,
             "quantizer": spec.name,
+            "float_weights": weights_digest(self.float_model),
+            "device": device,
             "bf16": runtime.bf16,
+            "channels_last": runtime.channels_last,
+            "compile": compile_enabled(),
+            "evaluator_version": EVALUATOR_VERSION,
         }
         self.context_key = hashlib.sha256(
             json.dumps(context, sort_keys=True, default=str).encode()

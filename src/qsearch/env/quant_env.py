@@ -1,8 +1,9 @@
 """Gymnasium environments over the layer inventory: each step assigns one layer's bits.
 
 :class:`ReleqEnv` (ReLeQ, Elthakeb et al. 2020): discrete actions pick a searched layer's
-weight bits; the state is ReLeQ's embedding; the reward follows every action (after short
-retraining) or only the finished episode. :class:`HaqEnv` (HAQ, Wang et al. 2019): a
+weight bits (and activation bits, when searched); the state is ReLeQ's embedding; the reward
+follows every action (after short retraining) or only the finished episode, which under a
+cost budget is projected onto it first. :class:`HaqEnv` (HAQ, Wang et al. 2019): a
 continuous action per step, weight then activation bits of each searched layer; after the
 last step the policy is projected onto the budget, evaluated, and rewarded.
 """
@@ -16,6 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from qsearch.env.embedding import haq_layer_features, releq_layer_features
+from qsearch.env.optimum import LayerOptions
 from qsearch.env.recorder import SearchRecorder
 from qsearch.env.rewards import HaqReward, ReleqReward
 from qsearch.env.space import SearchSpace
@@ -24,14 +26,28 @@ from qsearch.quant.policy import Policy
 MAX_STATE_ACC = 2.0
 
 
-class ReleqEnv(gym.Env[np.ndarray, int]):
-    """One step per searched layer; action ``i`` gives it ``space.w_choices[i]`` weight bits.
+class ReleqEnv(gym.Env[np.ndarray, np.ndarray]):
+    """One step per searched layer; action ``(i, j)`` gives it ``w_choices[i]`` weight
+    and ``a_choices[j]`` activation bits (``MultiDiscrete``: two softmax heads).
 
-    Observation (8 values): layer index / L, the layer's current bits / b_max, State of
-    Quantization, State of Accuracy (acc_q / acc_fp), and the layer's out channels, in
-    channels, kernel size and weight std (min-max normalized over the searched layers).
-    Every layer starts at the largest choice (8 bits); the starting policy's accuracy is
-    measured once as a reference point (not charged to the budget).
+    Without ``space.search_activations`` the second head has one choice, the fixed
+    activation bits (ReLeQ's weight-only action); with it, one step per layer picks both,
+    so an episode stays one step per layer.
+
+    Observation (10 values): layer index / L; the bits this layer got in the previous
+    episode's policy, weights / b_max and activations / a_max (b_max before the first);
+    State of Quantization; State of Accuracy (acc_q / acc_fp); the committed cost (layers
+    chosen so far plus the cheapest option for the rest, over the budget, or over uniform
+    8-bit without one); and the layer's out channels, in channels, kernel size and weight
+    std (min-max normalized over the searched layers).
+
+    Without a cost budget, the reward is ReLeQ's (after every step with ``every=step``).
+    With one, the finished episode is projected onto the budget as HAQ's is
+    (``SearchSpace.enforce_budget``), evaluated, and rewarded by ReLeQ's accuracy term
+    ``y^(b/y)`` alone (-1 below the threshold): every episode then costs one evaluation of a
+    feasible policy, and the State of Quantization term, which would push bits below what
+    the budget allows, is left out. Partial policies are never evaluated under a budget
+    (they would be infeasible evaluations charged to the budget).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -43,31 +59,59 @@ class ReleqEnv(gym.Env[np.ndarray, int]):
         reward: ReleqReward,
         float_accuracy: float,
         weight_stds: list[float],
+        infeasible: str = "project",
     ) -> None:
+        if infeasible not in ("project", "penalty"):
+            raise ValueError(f"infeasible must be project or penalty, got '{infeasible}'")
+        self.infeasible = infeasible
         self.space, self.recorder, self.reward = space, recorder, reward
         self.float_accuracy = float_accuracy
         searched = [space.inventory[i] for i in space.searchable]
         self.features = releq_layer_features(searched, [weight_stds[i] for i in space.searchable])
         self.layers = len(searched)
+        self.table = LayerOptions.of(space)
+        self.options = self.table.options
         self.b_max = space.w_choices[-1]
-        self.action_space = spaces.Discrete(len(space.w_choices))
-        self.observation_space = spaces.Box(0.0, MAX_STATE_ACC, (8,), np.float32)
-        self.bits = [self.b_max] * self.layers
+        self.a_max = max(a for _, a in self.options)
+        self.cheapest = self.table.cost.min(axis=1)
+        self.cost_reference = space.budget or self.table.policy_cost(
+            [len(self.options) - 1] * self.layers
+        )
+        self.a_count = len(self.options) // len(space.w_choices)
+        self.action_space = spaces.MultiDiscrete([len(space.w_choices), self.a_count])
+        self.observation_space = spaces.Box(0.0, MAX_STATE_ACC, (10,), np.float32)
+        self.start = len(self.options) - 1  # every layer at the largest (w, a) option
+        self.previous = [self.start] * self.layers
+        self.chosen = [self.start] * self.layers
         self.position = 0
         self.state_acc = 1.0
         self.episode_return = 0.0
 
+    @property
+    def budgeted(self) -> bool:
+        return self.space.budget is not None
+
     def _policy(self) -> Policy:
-        return self.space.policy(self.bits)
+        w_bits = [self.options[k][0] for k in self.chosen]
+        a_bits = [self.options[k][1] for k in self.chosen]
+        return self.space.policy(w_bits, a_bits)
+
+    def _committed_cost(self) -> float:
+        chosen = self.table.cost[np.arange(self.position), self.chosen[: self.position]]
+        total = self.table.fixed_cost + chosen.sum() + self.cheapest[self.position :].sum()
+        return float(total) / self.cost_reference
 
     def _observation(self) -> np.ndarray:
         position = min(self.position, self.layers - 1)
+        w_prev, a_prev = self.options[self.previous[position]]
         state_quant = self.space.state_quant(self._policy(), self.reward.state_quant_weighting)
         head = [
             position / self.layers,
-            self.bits[position] / self.b_max,
+            w_prev / self.b_max,
+            a_prev / self.a_max,
             state_quant,
             min(self.state_acc, MAX_STATE_ACC),
+            min(self._committed_cost(), MAX_STATE_ACC),
         ]
         return np.concatenate([np.array(head, np.float32), self.features[position]])
 
@@ -75,29 +119,52 @@ class ReleqEnv(gym.Env[np.ndarray, int]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self.bits = [self.b_max] * self.layers
+        self.chosen = [self.start] * self.layers
         self.position = 0
         self.episode_return = 0.0
         start = self.recorder.evaluate(self._policy(), reference=True)
         self.state_acc = start.accuracy / self.float_accuracy
         return self._observation(), {}
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        self.bits[self.position] = self.space.w_choices[int(action)]
-        policy = self._policy()
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        w_index, a_index = (int(i) for i in np.asarray(action).reshape(-1))
+        self.chosen[self.position] = w_index * self.a_count + a_index
         last = self.position == self.layers - 1
         reward, info = 0.0, {}
-        if self.reward.every == "step" or last:
+        policy = self._policy()
+        if last and self.budgeted and self.infeasible == "penalty":
+            overshoot = self.space.cost.total(policy) / self.space.budget - 1
+            if overshoot > 1e-9:  # infeasible: a failure, known without evaluating it
+                reward, info = -1.0 - overshoot, {"cost": self.space.cost.total(policy)}
+                return self._end(policy, reward, info)
+        if last or (self.reward.every == "step" and not self.budgeted):
+            policy = self.space.enforce_budget(policy)
             evaluation = self.recorder.evaluate(policy)
             self.state_acc = evaluation.accuracy / self.float_accuracy
-            state_quant = self.space.state_quant(policy, self.reward.state_quant_weighting)
-            reward = self.reward(state_quant, self.state_acc)
+            reward = self._reward(policy)
             info = {"accuracy": evaluation.accuracy, "cost": evaluation.cost}
+        if last:
+            return self._end(policy, reward, info)
         self.episode_return += reward
         self.position += 1
-        if last:
-            self.recorder.end_episode(policy, self.episode_return, self.layers)
-        return self._observation(), reward, last, False, info
+        return self._observation(), reward, False, False, info
+
+    def _end(
+        self, policy: Policy, reward: float, info: dict[str, Any]
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Close the episode at ``policy``: log it, remember its bits for the next state."""
+        self.episode_return += reward
+        self.position += 1
+        self.recorder.end_episode(policy, self.episode_return, self.layers)
+        w_bits, a_bits = self.space.searched_bits(policy)
+        self.previous = [self.options.index(pair) for pair in zip(w_bits, a_bits, strict=True)]
+        return self._observation(), reward, True, False, info
+
+    def _reward(self, policy: Policy) -> float:
+        if self.budgeted:
+            return self.reward.accuracy_term(self.state_acc)
+        state_quant = self.space.state_quant(policy, self.reward.state_quant_weighting)
+        return self.reward(state_quant, self.state_acc)
 
 
 def action_to_bits(action: float, choices: list[int]) -> int:
@@ -113,7 +180,8 @@ class HaqEnv(gym.Env[np.ndarray, np.ndarray]):
     Observation (10 values, min-max normalized over layers): HAQ's 8 layer features, then
     ``is_weight`` and the previous action. The reward is 0 until the last step, which
     projects the policy onto the budget, evaluates it and returns ``lambda * (acc_q -
-    acc_fp)`` (minus a moving-average baseline, as in HAQ's code).
+    acc_fp)``; the agent's replay buffer gives every step of the episode that reward and
+    centres sampled batches on a moving baseline (HAQ's code).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}

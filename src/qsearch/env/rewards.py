@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 def releq_reward(
@@ -42,30 +42,29 @@ class ReleqReward:
     def __call__(self, state_quant: float, state_acc: float) -> float:
         return releq_reward(state_quant, state_acc, self.a, self.b, self.threshold)
 
+    def accuracy_term(self, state_acc: float) -> float:
+        """The reward at State of Quantization 0: ``y^(b/y)``, or -1 below the threshold
+        (what ReLeQ's reward ranks policies by when a cost budget fixes their cost)."""
+        return self(0.0, state_acc)
+
 
 @dataclass
 class HaqReward:
     """HAQ's reward ``R = lambda * (acc_q - acc_fp)`` (Wang et al., CVPR 2019, eq. 4).
 
-    Accuracies in percent; ``scale`` is lambda (0.1). With ``baseline_alpha`` set, the
-    moving average of past rewards is subtracted (HAQ's code, alpha 0.5), which centres the
-    critic's targets.
+    Accuracies in percent; ``scale`` is lambda (0.1). ``__call__`` gives the raw reward,
+    the same for the same accuracy at any time. ``baseline_alpha`` is read by the haq agent:
+    as in HAQ's code (``lib/rl/ddpg.py`` ``update_policy``), its replay buffer subtracts a
+    moving average (rate alpha, 0.5) of sampled batches' mean rewards at update time
+    (``qsearch.agents.haq.HaqReplayBuffer``); None turns that off.
     """
 
     scale: float = 0.1
     baseline_alpha: float | None = 0.5
     name: str = "haq"
-    baseline: float | None = field(default=None, init=False)
 
     def raw(self, accuracy: float, float_accuracy: float) -> float:
         return self.scale * (accuracy - float_accuracy)
 
     def __call__(self, accuracy: float, float_accuracy: float) -> float:
-        reward = self.raw(accuracy, float_accuracy)
-        if self.baseline_alpha is None:
-            return reward
-        if self.baseline is None:
-            self.baseline = reward
-        else:
-            self.baseline += self.baseline_alpha * (reward - self.baseline)
-        return reward - self.baseline
+        return self.raw(accuracy, float_accuracy)

@@ -107,9 +107,11 @@ class SearchSpace:
             return
         floor = self.cost.total(self.min_policy())
         if floor > self.budget * (1 + 1e-9):
+            a_bits = self.a_choices[0] if self.search_activations else self.fixed_a_bits
             raise UserError(
                 f"budget {self.budget:.4g} ({self.cost.metric}) cannot be met: even "
-                f"every searched layer at {self.w_choices[0]} bits costs {floor:.4g}"
+                f"every searched layer at W{self.w_choices[0]}A{a_bits} costs {floor:.4g}"
+                + ("" if self.search_activations else " (search.search_activations=false)")
             )
 
     def state_quant(self, policy: Policy, weighting: str = "none") -> float:

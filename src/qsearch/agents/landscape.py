@@ -1,0 +1,114 @@
+"""Run an agent on a synthetic landscape (``evaluator=synthetic``) in-process, without the
+command's outputs: what ``scripts/bench_agents.py`` and the agent tests measure regret on.
+
+The space is the one ``qsearch search`` composes from the same overrides; the cost budget
+is set to a uniform policy's cost (``uniform_bits``, e.g. W3A3 with first/last at 8) rather
+than a fraction, so that benchmarks state it the way papers do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from qsearch.agents import SearchContext
+from qsearch.config import instantiate_checked, job_config
+from qsearch.data import dataset_shape
+from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
+from qsearch.env.rewards import ReleqReward
+from qsearch.env.space import SearchSpace
+from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape
+from qsearch.models import build_model, model_inventory
+from qsearch.quant.layers import QuantizerSpec
+from qsearch.train.runtime import resolve_runtime
+
+
+@dataclass
+class LandscapeRun:
+    """A finished search: its evaluations in order, the landscape and the recorder."""
+
+    evaluations: list[Evaluation]
+    landscape: SyntheticLandscape
+    recorder: SearchRecorder
+
+    def regret_after(self, count: int) -> float | None:
+        """Regret of the policy the search would return after ``count`` evaluations (the
+        best by *observed* objective, feasible first); None if none was feasible."""
+        seen = self.evaluations[:count]
+        if not seen:
+            return None
+        best = max(seen, key=lambda e: e.rank)
+        if not best.feasible:
+            return None
+        space = self.landscape.space
+        return self.landscape.regret(space.policy(*_searched_bits(space, best)))
+
+
+def _searched_bits(space: SearchSpace, evaluation: Evaluation) -> tuple[list[int], list[int]]:
+    return (
+        [evaluation.w_bits[i] for i in space.searchable],
+        [evaluation.a_bits[i] for i in space.searchable],
+    )
+
+
+def landscape_space(
+    overrides: list[str], uniform_bits: tuple[int, int] | None = None
+) -> tuple[DictConfig, SearchSpace, SyntheticLandscape, torch.nn.Module]:
+    """The composed config (``evaluator=synthetic`` added), its space, with the budget at
+    uniform ``(w, a)`` bits' cost when given, the landscape, and the (untrained) model."""
+    from qsearch.commands.search import build_space
+
+    cfg = job_config("search", ["evaluator=synthetic", *overrides])
+    info = dataset_shape(cfg.dataset)
+    model = build_model(cfg.model, info)
+    space = build_space(cfg, model_inventory(model, info))
+    if uniform_bits is not None:
+        n = len(space.searchable)
+        w, a = uniform_bits
+        space.budget = space.cost.total(space.policy([w] * n, [a] * n))
+    landscape = SyntheticLandscape(space, SyntheticConfig.from_config(cfg.evaluator))
+    return cfg, space, landscape, model
+
+
+def search_landscape(
+    overrides: list[str],
+    run_dir: Path,
+    *,
+    uniform_bits: tuple[int, int] | None = (3, 3),
+    max_episodes: int | None = None,
+) -> LandscapeRun:
+    """Search with the agent ``overrides`` compose (``agent=haq seed=1 ...``)."""
+    cfg, space, landscape, model = landscape_space(overrides, uniform_bits)
+    seed = int(cfg.seed)
+    torch.manual_seed(seed)
+    reward = instantiate_checked(cfg.reward)
+    agent = instantiate_checked(cfg.agent, _convert_="all")
+    releq = reward if isinstance(reward, ReleqReward) else ReleqReward()
+    recorder = SearchRecorder(
+        space,
+        landscape,
+        Objective(space, landscape.float_accuracy, releq),
+        budget=int(cfg.budget.evaluations),
+        agent=agent.name,
+        run_dir=run_dir,
+    )
+    ctx = SearchContext(
+        space=space,
+        recorder=recorder,
+        float_accuracy=landscape.float_accuracy,
+        reward=reward,
+        run_dir=run_dir,
+        seed=seed,
+        resume=False,
+        float_model=model,
+        data=None,
+        spec=QuantizerSpec.from_config(cfg.quantizer),
+        runtime=resolve_runtime(cfg.runtime),
+        max_episodes=max_episodes,
+        sensitivities=lambda: landscape.estimate(seed),
+    )
+    agent.search(ctx)
+    return LandscapeRun(recorder.searched(), landscape, recorder)

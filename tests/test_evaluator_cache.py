@@ -1,0 +1,64 @@
+"""The evaluation cache's key covers everything that changes an accuracy: the float
+weights' content (not the recipe's name), device, precision, compiled kernels and the
+evaluator's own version."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from qsearch.data import build_data
+from qsearch.env import evaluator as evaluator_module
+from qsearch.env.evaluator import PolicyEvaluator, RetrainConfig
+from qsearch.models import build_model
+from qsearch.quant.kernels import set_compile
+from qsearch.quant.layers import QuantizerSpec
+from qsearch.train.runtime import resolve_runtime
+from tests.conftest import compose
+
+CFG = compose("search", "runtime.precision=fp32", "runtime.device=cpu")
+DATA = build_data(CFG.dataset)
+RUNTIME = resolve_runtime(CFG.runtime)
+
+
+def _key(model: torch.nn.Module, tmp_path: Path, **runtime_changes: object) -> str:
+    runtime = dataclasses.replace(RUNTIME, **runtime_changes)
+    evaluator = PolicyEvaluator(
+        model,
+        DATA,
+        runtime,
+        QuantizerSpec.from_config(CFG.quantizer),
+        RetrainConfig(steps=0),
+        seed=0,
+        cache_dir=tmp_path,
+        context={"float": "lenet5-digits-s0-samerecipe"},
+    )
+    return evaluator.context_key
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(CFG.model, DATA.info)
+
+
+def test_key_follows_the_weights_not_the_recipe_name(tmp_path: Path) -> None:
+    assert _key(_model(0), tmp_path) == _key(_model(0), tmp_path)
+    retrained = _model(0)
+    with torch.no_grad():
+        next(retrained.parameters()).view(-1)[0] += 1e-3  # a retrained float model
+    assert _key(retrained, tmp_path) != _key(_model(0), tmp_path)
+
+
+def test_key_follows_precision_layout_compile_and_version(tmp_path: Path, monkeypatch) -> None:
+    base = _key(_model(0), tmp_path)
+    assert _key(_model(0), tmp_path, bf16=True) != base
+    assert _key(_model(0), tmp_path, channels_last=not RUNTIME.channels_last) != base
+    set_compile(True)
+    try:
+        assert _key(_model(0), tmp_path) != base
+    finally:
+        set_compile(False)
+    monkeypatch.setattr(evaluator_module, "EVALUATOR_VERSION", 999)
+    assert _key(_model(0), tmp_path) != base
