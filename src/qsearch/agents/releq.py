@@ -5,8 +5,8 @@ value, then FC 128-128 and a softmax over the bit choices for the policy, FC 128
 value; trained with PPO. The authors' code uses Adam lr 1e-4, clip 0.3, entropy 0.01,
 gamma 0.9 and 10 epochs; the defaults here (lr 1e-3, clip 0.2, gamma 1, 20 epochs) were
 tuned on the resnet20-shaped synthetic landscape (``scripts/bench_agents.py``, table in
-docs/benchmarks.md), where each of them lowered the regret at 200 evaluations. Under a cost budget the env
-projects each finished episode onto it and rewards accuracy alone (see
+docs/benchmarks.md), where each of them lowered the regret at 200 evaluations. Under a
+cost budget the env projects each finished episode onto it and rewards accuracy alone (see
 :class:`~qsearch.env.quant_env.ReleqEnv`).
 """
 
