@@ -38,12 +38,13 @@ from qsearch.config import job_config
 from qsearch.data import DataSplits, build_data, eval_loader
 from qsearch.dynamic.report import hardness
 from qsearch.dynamic.settings import DynamicSettings, plan_dynamic
-from qsearch.dynamic.train import evaluate_dynamic, per_sample_losses, train_dynamic
+from qsearch.dynamic.train import DynamicSetup, evaluate_dynamic, per_sample_losses, train_dynamic
 from qsearch.errors import UserError
 from qsearch.models import build_model, model_inventory
 from qsearch.quant.layers import QuantizerSpec
 from qsearch.quant.policy import resolve_policy
 from qsearch.train.finetune import finetune
+from qsearch.train.fit import Monitor, TrainContext
 from qsearch.train.float_model import float_cache_dir, load_float_weights, train_float
 from qsearch.train.loop import evaluate
 from qsearch.train.runtime import Runtime, resolve_runtime
@@ -159,9 +160,8 @@ def run_pair(name: str, seed: int, methods: list[str]) -> Iterator[tuple[str, di
 
 
 def _static(float_model, policy, spec, data, runtime, cfg, test, seed: int) -> dict[str, Any]:
-    result = finetune(
-        float_model, policy, spec, data, runtime, cfg.finetune, cfg.dataset, seed=seed, quiet=True
-    )
+    context = TrainContext(data, runtime, cfg.dataset, seed)
+    result = finetune(float_model, policy, spec, cfg.finetune, context, Monitor(log=False))
     return {"test_acc": evaluate(result.model, test, runtime).accuracy, "relative_bitops": 1.0}
 
 
@@ -170,20 +170,9 @@ def _dynamic(
 ) -> dict[str, Any]:
     settings = DynamicSettings.from_config(cfg.dynamic)
     plan = plan_dynamic(policy, settings, spec, static_last=cfg.pin_first_last is not None)
-    result = train_dynamic(
-        float_model,
-        inventory,
-        policy,
-        plan,
-        spec,
-        settings,
-        data,
-        runtime,
-        cfg.finetune,
-        cfg.dataset,
-        seed=seed,
-        quiet=True,
-    )
+    setup = DynamicSetup(inventory, policy, plan, spec, settings)
+    context = TrainContext(data, runtime, cfg.dataset, seed)
+    result = train_dynamic(float_model, setup, cfg.finetune, context, Monitor(log=False))
     measured = evaluate_dynamic(result.model, test, runtime)
     shares = measured.choices.flatten()
     return {

@@ -24,13 +24,13 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from _bench import markdown_table, save_json, update_doc_section
+from qsearch.checkpoint import save_quantized
 from qsearch.config import job_config
 from qsearch.data import build_data, dataset_shape, eval_loader
 from qsearch.errors import UserError
 from qsearch.export.onnx_export import check_onnxruntime, export_onnx, onnxruntime_available
 from qsearch.export.qpack import decode_qpack, encode_qpack
 from qsearch.models import build_model, model_inventory
-from qsearch.quant.checkpoint import save_quantized
 from qsearch.quant.layers import QuantizerSpec, calibrate, quantize_model
 from qsearch.quant.policy import Policy
 from qsearch.train.float_model import float_cache_dir, load_float_weights, read_float_checkpoint

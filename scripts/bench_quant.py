@@ -32,8 +32,9 @@ from qsearch.models import build_model, model_inventory
 from qsearch.quant.layers import QuantizerSpec
 from qsearch.quant.policy import resolve_policy
 from qsearch.train.finetune import build_quantized, finetune
+from qsearch.train.fit import TrainContext
 from qsearch.train.float_model import load_float_weights, train_float
-from qsearch.train.loop import build_optimizer, cross_entropy_loss, train_one_epoch
+from qsearch.train.loop import TrainStep, build_optimizer, cross_entropy_loss, train_one_epoch
 from qsearch.train.runtime import resolve_runtime
 
 # case name: (model, dataset, w_bits, a_bits, regularizer on, target loss in points or None)
@@ -90,11 +91,8 @@ def finetune_case(name: str, resnet_epochs: int | None, seed: int) -> dict:
         float_model,
         policy,
         QuantizerSpec.from_config(cfg.quantizer),
-        data,
-        runtime,
         cfg.finetune,
-        cfg.dataset,
-        seed=seed,
+        TrainContext(data, runtime, cfg.dataset, seed),
     )
     float_test = checkpoint.meta["test_acc"]
     loss = float_test - result.accuracy["after_test"]
@@ -120,7 +118,8 @@ def finetune_case(name: str, resnet_epochs: int | None, seed: int) -> dict:
 
 def _step_seconds(model, batch, optimizer, runtime, steps: int) -> float:
     start = time.perf_counter()
-    train_one_epoch(model, [batch] * steps, optimizer, None, runtime, loss_fn=cross_entropy_loss())
+    step = TrainStep(model, optimizer, None, runtime, cross_entropy_loss())
+    train_one_epoch(step, [batch] * steps)
     return (time.perf_counter() - start) / steps
 
 

@@ -35,7 +35,7 @@ from qsearch.data import build_data, train_loader
 from qsearch.errors import UserError
 from qsearch.models import build_model
 from qsearch.train.float_model import train_float
-from qsearch.train.loop import build_optimizer, cross_entropy_loss, train_one_epoch
+from qsearch.train.loop import TrainStep, build_optimizer, cross_entropy_loss, train_one_epoch
 from qsearch.train.runtime import resolve_runtime
 
 PAIRS = {  # name: (model, dataset, target test accuracy in %)
@@ -87,9 +87,8 @@ def accuracy_row(name: str, variant: Sequence[str] = ()) -> dict:
 
 def _timed_steps(model, batches, optimizer, runtime, steps: int) -> float:
     start = time.perf_counter()
-    train_one_epoch(
-        model, batches, optimizer, None, runtime, loss_fn=cross_entropy_loss(), max_steps=steps
-    )
+    step = TrainStep(model, optimizer, None, runtime, cross_entropy_loss())
+    train_one_epoch(step, batches, max_steps=steps)
     return time.perf_counter() - start
 
 

@@ -26,7 +26,7 @@ def _median_regret(agent: str, tmp_path: Path, seeds: int = 5) -> float:
     for seed in range(seeds):
         folder = tmp_path / f"{agent}-{seed}"
         folder.mkdir()
-        run = search_landscape([f"agent={agent}", f"seed={seed}", *SPACE], folder, max_episodes=800)
+        run = search_landscape([f"agent={agent}", f"seed={seed}", *SPACE], folder, max_episodes=400)
         regret = run.regret_after(200)
         assert regret is not None and regret >= -1e-9
         regrets.append(regret)

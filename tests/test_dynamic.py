@@ -10,18 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from qsearch.checkpoint import load_checkpoint, save_dynamic
 from qsearch.data import build_data, eval_loader
-from qsearch.dynamic.checkpoint import load_dynamic, save_dynamic
 from qsearch.dynamic.controller import BitController, choose
 from qsearch.dynamic.model import DynamicQuantModel, build_dynamic
 from qsearch.dynamic.settings import DynamicSettings, plan_dynamic
-from qsearch.dynamic.train import evaluate_dynamic, train_dynamic
+from qsearch.dynamic.train import DynamicSetup, evaluate_dynamic, train_dynamic
 from qsearch.errors import UserError
 from qsearch.models import build_model, model_inventory
 from qsearch.models.inventory import layer_inventory
 from qsearch.models.lenet import LeNet5
 from qsearch.quant.layers import QuantizerSpec, calibrate
 from qsearch.quant.policy import Policy
+from qsearch.train.fit import Monitor, TrainContext
 from qsearch.train.float_model import load_float_weights, train_float
 from qsearch.train.runtime import resolve_runtime
 from tests.conftest import compose, run_qsearch
@@ -237,27 +238,18 @@ def digits(tmp_path_factory: pytest.TempPathFactory):
     return cfg, data, runtime, model, inventory, policy
 
 
-def _train(digits, workdir: Path | None = None, on_epoch_end=None, **dynamic: object):
+def _load_dynamic(path: Path):
+    return load_checkpoint(path, kinds=("dynamic",))
+
+
+def _train(digits, **dynamic: object):
     cfg, data, runtime, model, inventory, policy = digits
     settings = DynamicSettings(**dynamic)  # type: ignore[arg-type]
     spec = QuantizerSpec.from_config(cfg.quantizer)
     plan = plan_dynamic(policy, settings, spec, static_last=True)
-    return train_dynamic(
-        model,
-        inventory,
-        policy,
-        plan,
-        spec,
-        settings,
-        data,
-        runtime,
-        cfg.finetune,
-        cfg.dataset,
-        seed=0,
-        workdir=workdir,
-        on_epoch_end=on_epoch_end,
-        quiet=True,
-    ), plan
+    setup = DynamicSetup(inventory, policy, plan, spec, settings)
+    context = TrainContext(data, runtime, cfg.dataset, seed=0)
+    return train_dynamic(model, setup, cfg.finetune, context, Monitor(log=False)), plan
 
 
 def test_cost_penalty_moves_average_bitops_to_the_target(digits) -> None:
@@ -276,29 +268,6 @@ def test_cost_penalty_moves_average_bitops_to_the_target(digits) -> None:
     assert costs[0.8] < 0.9 < 1.2 < costs[1.3]
 
 
-def test_resume_continues_exactly(digits, tmp_path: Path) -> None:
-    reference, _ = _train(digits, tmp_path / "a")
-
-    class Crash(Exception):
-        pass
-
-    def crash(epoch: int, row: dict) -> None:
-        if epoch == 1:
-            raise Crash
-
-    with pytest.raises(Crash):
-        _train(digits, tmp_path / "b", on_epoch_end=crash)
-    resumed, _ = _train(digits, tmp_path / "b")
-
-    def timeless(history: list[dict]) -> list[dict]:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
-
-    assert len(reference.history) == 4
-    assert timeless(resumed.history) == timeless(reference.history)
-    a, b = reference.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_checkpoint_round_trip_and_mismatch(digits, tmp_path: Path) -> None:
     cfg, data, runtime, *_ = digits
     policy = digits[5]
@@ -306,7 +275,7 @@ def test_checkpoint_round_trip_and_mismatch(digits, tmp_path: Path) -> None:
     settings = DynamicSettings()
     path = save_dynamic(tmp_path / "d.pt", result.model, policy, plan, settings, cfg, {"n": 1})
     blob = torch.load(path, weights_only=True)
-    loaded = load_dynamic(path)
+    loaded = _load_dynamic(path)
     assert isinstance(loaded.model, DynamicQuantModel) and loaded.meta == {"n": 1}
     loader = eval_loader(data, "test")
     before = evaluate_dynamic(result.model, loader, runtime)
@@ -317,19 +286,19 @@ def test_checkpoint_round_trip_and_mismatch(digits, tmp_path: Path) -> None:
     ragged["plan"]["dynamic"]["classifier.1"] = [[2, 2], [3, 3]]  # K=2 there, K=3 elsewhere
     torch.save(ragged, tmp_path / "ragged.pt")
     with pytest.raises(UserError, match=r"malformed dynamic plan \(every dynamic layer"):
-        load_dynamic(tmp_path / "ragged.pt")
+        _load_dynamic(tmp_path / "ragged.pt")
     shrunk = copy.deepcopy(blob)
     shrunk["config"] = shrunk["config"].replace("hidden: 64", "hidden: 32")
     torch.save(shrunk, tmp_path / "shrunk.pt")
     with pytest.raises(UserError, match="weights do not fit the model"):
-        load_dynamic(tmp_path / "shrunk.pt")
+        _load_dynamic(tmp_path / "shrunk.pt")
     del blob["plan"]
     torch.save(blob, tmp_path / "no_plan.pt")
     with pytest.raises(UserError, match=r"malformed dynamic checkpoint \(KeyError\)"):
-        load_dynamic(tmp_path / "no_plan.pt")
+        _load_dynamic(tmp_path / "no_plan.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
-        load_dynamic(tmp_path / "junk.pt")
+        _load_dynamic(tmp_path / "junk.pt")
 
 
 def test_dynamic_and_evaluate_cli(tmp_path: Path) -> None:
@@ -344,7 +313,11 @@ def test_dynamic_and_evaluate_cli(tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
     assert set(metrics["test"]["layers"]) == {"features.3", "classifier.1", "classifier.3"}
-    assert 0.4 < metrics["test"]["relative_bitops"]["mean"] < 1.8
+    # candidates {2, 3, 4} bound the mean to [0.44, 1.78]; the hinge must hold it near the
+    # target (1.0): a controller that ignores the cost and picks the widest bits fails here
+    relative = metrics["test"]["relative_bitops"]["mean"]
+    assert 0.85 <= relative <= 1.05
+    assert relative == pytest.approx(metrics["test"]["bitops"]["mean"] / metrics["static_bitops"])
 
     evaluated = run_qsearch("evaluate", f"checkpoint={run}", "runtime.precision=fp32", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from pathlib import Path
@@ -9,16 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
+from qsearch.checkpoint import load_checkpoint, save_quantized
 from qsearch.data import build_data
 from qsearch.errors import UserError
 from qsearch.models import build_model, model_inventory
-from qsearch.quant.checkpoint import load_quantized, save_quantized
 from qsearch.quant.layers import QuantizerSpec, quant_layers
 from qsearch.quant.policy import Policy
 from qsearch.quant.regularizer import PeriodicRegularizer, lambda_schedule, periodic_penalty
 from qsearch.train.distill import distillation_loss
 from qsearch.train.finetune import build_quantized, finetune
+from qsearch.train.fit import Monitor, TrainContext
 from qsearch.train.float_model import load_float_weights, train_float
 from qsearch.train.loop import evaluate
 from qsearch.train.runtime import resolve_runtime
@@ -80,23 +83,25 @@ def digits_setup(tmp_path_factory: pytest.TempPathFactory):
     return cfg, data, runtime, model, names
 
 
-def _finetune(setup, policy: Policy, workdir: Path | None = None, **recipe: object):
+def _finetune(setup, policy: Policy, **recipe: object):
+    """Fine-tune ``policy``; ``recipe`` overrides entries of a copy of the fixture's config."""
     cfg, data, runtime, model, _ = setup
-    spec = QuantizerSpec.from_config(cfg.quantizer)
+    cfg = copy.deepcopy(cfg)  # the fixture is shared by the module: never change it
     for key, value in recipe.items():
         cfg.finetune[key] = value
-    return finetune(
-        model,
-        policy,
-        spec,
-        data,
-        runtime,
-        cfg.finetune,
-        cfg.dataset,
-        seed=0,
-        workdir=workdir,
-        quiet=True,
+    spec = QuantizerSpec.from_config(cfg.quantizer)
+    context = TrainContext(data, runtime, cfg.dataset, seed=0)
+    return finetune(model, policy, spec, cfg.finetune, context, Monitor(log=False))
+
+
+def test_fixture_config_is_not_changed_by_a_test(digits_setup) -> None:
+    before = OmegaConf.to_container(digits_setup[0].finetune, resolve=True)
+    names = digits_setup[4]
+    policy = Policy.uniform("lenet5", "digits", names, 4, 4, 8)
+    _finetune(
+        digits_setup, policy, epochs=1, regularizer={"lambda_max": 9.0, "schedule": "constant"}
     )
+    assert OmegaConf.to_container(digits_setup[0].finetune, resolve=True) == before
 
 
 def test_finetune_recovers_low_bit_accuracy(digits_setup) -> None:
@@ -122,46 +127,12 @@ def test_regularizer_pulls_weights_onto_the_grid(digits_setup) -> None:
     assert penalties[50.0] < 0.5 * penalties[0.0]
 
 
-def test_resume_continues_exactly(digits_setup, tmp_path: Path) -> None:
-    names = digits_setup[4]
-    policy = Policy.uniform("lenet5", "digits", names, 4, 4, 8)
-    reference = _finetune(digits_setup, policy, tmp_path / "a")
-
-    class Crash(Exception):
-        pass
-
-    def crash(epoch: int, row: dict) -> None:
-        if epoch == 1:
-            raise Crash
-
-    cfg, data, runtime, model, _ = digits_setup
-    spec = QuantizerSpec.from_config(cfg.quantizer)
-    with pytest.raises(Crash):
-        finetune(
-            model,
-            policy,
-            spec,
-            data,
-            runtime,
-            cfg.finetune,
-            cfg.dataset,
-            seed=0,
-            workdir=tmp_path / "b",
-            on_epoch_end=crash,
-            quiet=True,
-        )
-    resumed = _finetune(digits_setup, policy, tmp_path / "b")
-    assert resumed.accuracy == reference.accuracy
-    a, b = reference.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_quantized_checkpoint_round_trip(digits_setup, tmp_path: Path) -> None:
     cfg, data, runtime, _, names = digits_setup
     policy = Policy.uniform("lenet5", "digits", names, 3, 4, 8)
     result = _finetune(digits_setup, policy, epochs=1)
     path = save_quantized(tmp_path / "q.pt", result.model, policy, cfg, {"note": 1})
-    loaded = load_quantized(path)
+    loaded = load_checkpoint(path, kinds=("quantized",))
     assert loaded.policy.layers == policy.layers and loaded.meta == {"note": 1}
     assert {name for name, _ in quant_layers(loaded.model)} == set(names)
     from qsearch.data import eval_loader
@@ -187,7 +158,7 @@ def test_damaged_quantized_checkpoint_is_a_user_error(digits_setup, tmp_path: Pa
     ]:
         torch.save(broken, tmp_path / f"{name}.pt")
         with pytest.raises(UserError, match=message):
-            load_quantized(tmp_path / f"{name}.pt")
+            load_checkpoint(tmp_path / f"{name}.pt", kinds=("quantized",))
 
 
 def test_finetune_evaluate_and_resume_cli(tmp_path: Path) -> None:

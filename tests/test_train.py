@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsearch.commands.evaluate import rebuild_any_checkpoint
+from qsearch.checkpoint import rebuild_checkpoint
 from qsearch.data import build_data
 from qsearch.errors import UserError
 from qsearch.models import build_model
+from qsearch.train.fit import Monitor
 from qsearch.train.float_model import (
     float_cache_dir,
     load_float_weights,
@@ -20,10 +21,6 @@ from qsearch.train.float_model import (
 from qsearch.train.loop import cosine_schedule
 from qsearch.train.runtime import resolve_runtime
 from tests.conftest import compose
-
-
-class Crash(Exception):
-    pass
 
 
 def _setup(tmp_path: Path, *overrides: str):
@@ -48,7 +45,7 @@ def test_training_learns_digits_and_caches(tmp_path: Path) -> None:
     def must_not_train(epoch: int, row: dict) -> None:
         raise AssertionError("the cached checkpoint should have been used")
 
-    again = train_float(cfg, data, runtime, on_epoch_end=must_not_train)
+    again = train_float(cfg, data, runtime, monitor=Monitor(on_epoch_end=must_not_train))
     assert again.meta == first.meta
 
 
@@ -76,31 +73,6 @@ def test_cutout_changes_the_cache_key_only_when_on(tmp_path: Path) -> None:
     assert float_cache_dir(on, runtime) != float_cache_dir(cfg, runtime)
 
 
-def test_resume_after_crash_matches_uninterrupted_run(tmp_path: Path) -> None:
-    cfg, data, runtime = _setup(tmp_path / "a")
-    reference = train_float(cfg, data, runtime)
-
-    crashed_cfg, _, _ = _setup(tmp_path / "b")
-
-    def crash_after_first_epoch(epoch: int, row: dict) -> None:
-        if epoch == 0:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train_float(crashed_cfg, data, runtime, on_epoch_end=crash_after_first_epoch)
-    assert (float_cache_dir(crashed_cfg, runtime) / "last.pt").is_file()
-    epochs_run: list[int] = []
-    resumed = train_float(
-        crashed_cfg, data, runtime, on_epoch_end=lambda epoch, row: epochs_run.append(epoch)
-    )
-    assert epochs_run == [1, 2, 3, 4]
-    a = torch.load(reference.path, weights_only=True)["state_dict"]
-    b = torch.load(resumed.path, weights_only=True)["state_dict"]
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.meta["test_acc"] == reference.meta["test_acc"]
-
-
 def test_weights_load_into_a_fresh_model(tmp_path: Path) -> None:
     cfg, data, runtime = _setup(tmp_path, "train.epochs=1")
     checkpoint = train_float(cfg, data, runtime)
@@ -126,7 +98,9 @@ def test_evaluate_rebuilds_a_float_checkpoint_or_names_the_damage(tmp_path: Path
     cfg, data, runtime = _setup(tmp_path, "train.epochs=1")
     path = train_float(cfg, data, runtime).path
     blob = torch.load(path, weights_only=True)
-    model, policy, _, meta = rebuild_any_checkpoint(blob, path, "data", str(tmp_path))
+    loaded = rebuild_checkpoint(blob, path, "data", str(tmp_path))
+    model, policy, meta = loaded.model, loaded.policy, loaded.meta
+    assert loaded.kind == "float" and loaded.plan is None
     trained = load_float_weights(build_model(cfg.model, data.info), read_float_checkpoint(path))
     assert all(
         torch.equal(a, b)
@@ -135,9 +109,9 @@ def test_evaluate_rebuilds_a_float_checkpoint_or_names_the_damage(tmp_path: Path
     assert meta["epochs"] == 1 and {bits.w_bits for bits in policy.layers.values()} == {32}
     without_meta = {k: v for k, v in blob.items() if k != "meta"}
     with pytest.raises(UserError, match=r"malformed float checkpoint \(KeyError\)"):
-        rebuild_any_checkpoint(without_meta, path, "data", str(tmp_path))
-    with pytest.raises(UserError, match="not a qsearch float or quantized checkpoint"):
-        rebuild_any_checkpoint({"weights": torch.zeros(1)}, path, "data", str(tmp_path))
+        rebuild_checkpoint(without_meta, path, "data", str(tmp_path))
+    with pytest.raises(UserError, match="not a qsearch float, quantized or dynamic checkpoint"):
+        rebuild_checkpoint({"weights": torch.zeros(1)}, path, "data", str(tmp_path))
 
 
 def test_cosine_schedule_values() -> None:

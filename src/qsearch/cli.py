@@ -2,7 +2,8 @@
 
 Each command is a Hydra application whose primary config is ``conf/<command>.yaml``, so
 every Hydra feature works unchanged: ``--cfg job``, ``-m`` sweeps, launchers, run dirs.
-Overrides are validated first so that user mistakes are one line and exit code 2.
+Overrides, value ranges (:mod:`qsearch.validation`) and the run dir are checked first, so
+that user mistakes are one line and exit code 2, with no run dir left behind.
 
 ``resume=<multirun dir>`` relaunches a sweep; its finished jobs are skipped
 (:mod:`qsearch.sweep_jobs`).
@@ -11,9 +12,11 @@ Overrides are validated first so that user mistakes are one line and exit code 2
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,13 +24,13 @@ import hydra
 import rich
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from qsearch import __version__
 from qsearch.commands import COMMANDS
 from qsearch.config import compose_config, config_dir
 from qsearch.errors import USER_ERROR_EXIT_CODE, UserError
-from qsearch.sweep_jobs import STARTED, finish_sweep_job, start_sweep_job
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,13 @@ _FLAGS_WITH_VALUE = {
 }
 _FORBIDDEN_FLAGS = {"-cp", "--config-path", "-cn", "--config-name"}
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
+# Flags after which Hydra prints something and runs no job: required keys may stay unset.
+_INFO_FLAGS = {"-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info"}
+_INFO_FLAGS |= {"-sc", "--shell-completion"}
+# --info takes an optional topic.
+_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+_KNOWN_FLAGS = _FLAGS_WITH_VALUE | _MULTIRUN_FLAGS | _INFO_FLAGS
+_KNOWN_FLAGS |= {"--version", "--resolve", "-r", "--run"}
 # The optional extra (pyproject.toml) that brings each Hydra launcher plugin.
 _LAUNCHER_EXTRAS = {
     "joblib": "sweep",
@@ -84,20 +94,64 @@ def _fail(message: str) -> int:
     return USER_ERROR_EXIT_CODE
 
 
-def _split_overrides(args: Sequence[str]) -> list[str]:
-    """Return the ``key=value`` overrides in ``args``, skipping Hydra's own flags."""
+def _flag(arg: str) -> str:
+    """``--cfg=job`` -> ``--cfg``."""
+    return arg.split("=", 1)[0]
+
+
+def _split_overrides(args: Sequence[str], command: str = "<command>") -> list[str]:
+    """Return the ``key=value`` overrides in ``args``, skipping Hydra's own flags.
+
+    Raises:
+        UserError: for a flag Hydra does not know, or one qsearch does not support.
+    """
     overrides: list[str] = []
     skip_next = False
-    for arg in args:
+    for position, arg in enumerate(args):
         if skip_next:
             skip_next = False
-        elif arg in _FORBIDDEN_FLAGS:
+        elif _flag(arg) in _FORBIDDEN_FLAGS:
             raise UserError(f"{arg} is not supported: the command picks its primary config")
+        elif arg.startswith("-") and _flag(arg) not in _KNOWN_FLAGS:
+            raise UserError(f"unknown option '{arg}' (see qsearch {command} --help)")
         elif arg.startswith("-"):
-            skip_next = arg in _FLAGS_WITH_VALUE
+            following = args[position + 1] if position + 1 < len(args) else None
+            skip_next = "=" not in arg and (
+                arg in _FLAGS_WITH_VALUE or (arg in ("-i", "--info") and following in _INFO_TOPICS)
+            )
         else:
             overrides.append(arg)
     return overrides
+
+
+def _info_only(args: Sequence[str]) -> bool:
+    """True when Hydra will print help, a config or information, and run no job."""
+    return any(_flag(arg) in _INFO_FLAGS for arg in args)
+
+
+def _check_run_dir(cfg: DictConfig, multirun: bool) -> None:
+    """The run (or sweep) dir Hydra is about to create must be creatable and writable.
+
+    The deepest existing folder on the path gets a throw-away temporary folder: the one
+    test that also holds for root, read-only mounts and network file systems.
+    """
+    if cfg.hydra.output_subdir is None:
+        return  # a command that writes no .hydra/ (report): the folder is its input
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        path = Path(str(OmegaConf.select(cfg, key, throw_on_missing=True)))
+    except OmegaConfBaseException:
+        return  # left to Hydra, which names the problem itself
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{key}={path} cannot be created: {existing} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".qsearch-probe-", dir=existing))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{key}={path} is not writable: {existing}: {reason}") from exc
 
 
 def _resume_args(command: str, args: list[str]) -> list[str]:
@@ -106,7 +160,7 @@ def _resume_args(command: str, args: list[str]) -> list[str]:
     DIR may be a multirun dir (``multirun.yaml`` inside): the sweep is launched again into
     it with its own overrides and launcher, and its finished jobs are skipped.
     """
-    overrides = _split_overrides(args)
+    overrides = _split_overrides(args, command)
     resume = [o for o in overrides if o.startswith("resume=")]
     if not resume:
         return args
@@ -140,8 +194,10 @@ def _resume_sweep_args(command: str, sweep: Path, flags: list[str]) -> list[str]
 def _report_args(args: list[str]) -> list[str]:
     """``qsearch report DIR`` is ``qsearch report dir=DIR`` (a path may hold ``=``)."""
     converted: list[str] = []
-    for arg in args:
+    for position, arg in enumerate(args):
+        flag_value = position > 0 and args[position - 1] in _FLAGS_WITH_VALUE
         positional = not arg.startswith("-") and ("=" not in arg or Path(arg).exists())
+        positional = positional and not flag_value
         if positional and any(a.startswith("dir=") for a in [*args, *converted]):
             raise UserError(f"report takes one directory, got '{arg}' as well")
         if positional:
@@ -189,6 +245,8 @@ def _check_launcher(cfg: DictConfig) -> None:
 
 def _remove_empty_run_dir() -> None:
     """Delete the run dir of a job that failed on user input before writing any result."""
+    from qsearch.sweep_jobs import STARTED  # imports torch: not before a job runs
+
     if not HydraConfig.initialized() or HydraConfig.get().output_subdir is None:
         return  # no .hydra/: the run dir is a folder the job did not create (report)
     hydra_cfg = HydraConfig.get()
@@ -198,9 +256,15 @@ def _remove_empty_run_dir() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _no_job(cfg: DictConfig) -> None:
+    """The task of ``--help`` and ``--cfg``, which Hydra never runs."""
+
+
 def _hydra_app(command: str, task: Callable[[DictConfig], object]) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)
     def app(cfg: DictConfig) -> None:
+        from qsearch.sweep_jobs import finish_sweep_job, start_sweep_job  # imports torch
+
         try:
             if start_sweep_job(cfg):
                 return
@@ -229,17 +293,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "report":
             rest = _report_args(rest)
         rest = _resume_args(command, rest)
-        if _MULTIRUN_FLAGS & set(rest) and {"-c", "--cfg"} & set(rest):
+        multirun = bool(_MULTIRUN_FLAGS & set(rest))
+        if multirun and {"-c", "--cfg"} & {_flag(arg) for arg in rest}:
             raise UserError("--cfg prints the config of one job: leave out -m")
+        info_only = _info_only(rest)
         try:
-            cfg = compose_config(command, _split_overrides(rest))
+            overrides = _split_overrides(rest, command)
+            cfg = compose_config(command, overrides, require_all=not info_only)
         except UserError as exc:
             raise _launcher_hint(exc) from exc
-        if command == "report":
-            _check_report_dir(cfg)
-        if _MULTIRUN_FLAGS & set(rest):
+        if not info_only:
+            if command == "report":
+                _check_report_dir(cfg)
+            _check_run_dir(cfg, multirun)
+        if multirun:
             _check_launcher(cfg)
-        task = COMMANDS[command].load()
+        # --help and --cfg run no job: the command module (and torch) stays unimported
+        task = _no_job if info_only else COMMANDS[command].load()
     except UserError as exc:
         return _fail(str(exc))
     if not sys.stdout.isatty():  # logs and CI: no 80-column wrapping of log lines

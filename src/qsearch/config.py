@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from qsearch.errors import UserError
+from qsearch.validation import check_ranges, check_value
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -122,12 +123,35 @@ def _check_value_types(cfg: DictConfig, defaults: DictConfig, parsed: list[Overr
             raise UserError(f"{key} must be {_TYPE_NAMES[type(default)]}, got '{value}'")
 
 
-def compose_config(command: str, overrides: list[str]) -> DictConfig:
+def _check_sweep_values(cfg: DictConfig, parsed: list[Override]) -> None:
+    """Every value of a sweep (``budget.evaluations=5,0 -m``) must be in range, not just the
+    first one the config was composed with."""
+    for override in parsed:
+        key = override.key_or_group
+        if not override.is_sweep_override() or is_config_group(key) or key.startswith("hydra"):
+            continue
+        try:
+            values = list(override.sweep_iterator())
+        except HydraException:
+            continue  # an interval sweep: its values are an optimizer's to pick
+        for value in values:
+            check_value(key, value, cfg)
+
+
+def compose_config(
+    command: str, overrides: list[str], *, require_all: bool = True, ranges: bool = True
+) -> DictConfig:
     """Compose ``conf/<command>.yaml`` with ``overrides`` (sweeps reduced to their first value).
 
+    With ``ranges``, every numeric setting (and every value of a sweep) is checked against
+    its range (:mod:`qsearch.validation`), so that a command that cannot run fails here,
+    before any work and before Hydra makes a run dir. ``require_all=False`` lets keys that
+    must be set (``checkpoint: ???``) stay unset, for ``--help`` and ``--cfg job``.
+
     Raises:
-        UserError: for an unparsable override, an unknown group option or config key, or a
-            value whose type does not match a numeric/boolean default.
+        UserError: for an unparsable override, an unknown group option or config key, a
+            value whose type does not match a numeric/boolean default, a required key left
+            unset, or a value out of its range.
     """
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -145,11 +169,15 @@ def compose_config(command: str, overrides: list[str]) -> DictConfig:
             defaults = compose(config_name=command, overrides=group_only)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_one_line(exc)) from exc
-    _check_value_types(cfg, defaults, [p for p in parsed if not p.is_sweep_override()])
+    single = [p for p in parsed if not p.is_sweep_override()]
+    _check_value_types(cfg, defaults, single)
     job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     missing = sorted(OmegaConf.missing_keys(job))
-    if missing:
+    if missing and require_all:
         raise UserError(f"{missing[0]} must be set (add {missing[0]}=... to the command line)")
+    if ranges:
+        check_ranges(job, first=[p.key_or_group for p in single if not p.is_delete()])
+        _check_sweep_values(job, parsed)
     return cfg
 
 
@@ -201,9 +229,11 @@ def thaw_config(
 def job_config(command: str, overrides: list[str] | None = None) -> DictConfig:
     """The config ``qsearch <command> <overrides>`` would run with, minus Hydra's own node.
 
-    For the Python API, scripts and tests: same composition and validation as the CLI.
+    For the Python API, scripts and tests: the CLI's composition and type checks. Ranges
+    are left to :func:`qsearch.validation.check_ranges` (the CLI calls it), so that code
+    under test can be handed a value the CLI would refuse and show its own check.
     """
-    cfg = compose_config(command, list(overrides or []))
+    cfg = compose_config(command, list(overrides or []), ranges=False)
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg

@@ -13,18 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from torch import Tensor
 
-from qsearch.commands._common import console, run_dir
+from qsearch.checkpoint import Checkpoint, save_dynamic
+from qsearch.commands._common import console, load_trained_float, policy_setup, run_dir
 from qsearch.data import build_data, eval_loader
-from qsearch.dynamic.checkpoint import rebuild_dynamic, save_dynamic
-from qsearch.dynamic.figure import dynamic_figure
+from qsearch.dynamic.model import DynamicQuantModel
 from qsearch.dynamic.report import hardness, layer_table, summarize, summary_table
 from qsearch.dynamic.settings import DynamicSettings, plan_dynamic
-from qsearch.dynamic.train import evaluate_dynamic, per_sample_losses, train_dynamic
-from qsearch.models import build_model, model_inventory
-from qsearch.quant.layers import QuantizerSpec
-from qsearch.quant.policy import resolve_policy
-from qsearch.train.float_model import load_float_weights, train_float
+from qsearch.dynamic.train import (
+    DynamicEval,
+    DynamicSetup,
+    evaluate_dynamic,
+    per_sample_losses,
+    train_dynamic,
+)
+from qsearch.report.figures import dynamic_figure
+from qsearch.report.progress import training_progress
+from qsearch.train.fit import Monitor, TrainContext
 from qsearch.train.runtime import resolve_runtime
 from qsearch.utils.io import write_json
 
@@ -33,24 +39,12 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> None:
     """Train network and controller; write model.pt, metrics.json and dynamic.png."""
-    runtime = resolve_runtime(cfg.runtime)
     settings = DynamicSettings.from_config(cfg.dynamic)
-    data = build_data(cfg.dataset)
-    float_model = build_model(cfg.model, data.info)
-    inventory = model_inventory(float_model, data.info)
-    policy = resolve_policy(
-        cfg.policy,
-        cfg.w_bits,
-        cfg.a_bits,
-        model=cfg.model.name,
-        dataset=cfg.dataset.name,
-        inventory=inventory,
-        pin_first_last=cfg.pin_first_last,
-    )
-    spec = QuantizerSpec.from_config(cfg.quantizer)
+    common = policy_setup(cfg)
+    runtime, data, float_model = common.runtime, common.data, common.float_model
+    inventory, policy, spec = common.inventory, common.policy, common.spec
     plan = plan_dynamic(policy, settings, spec, static_last=cfg.pin_first_last is not None)
-    float_checkpoint = train_float(cfg, data, runtime)
-    load_float_weights(float_model, float_checkpoint)
+    float_checkpoint = load_trained_float(cfg, common)
     log.info(
         "dynamic %s on %s with %s: %d dynamic layers, candidates %s around %s, target %.2fx",
         cfg.model.name,
@@ -63,39 +57,22 @@ def run(cfg: DictConfig) -> None:
     )
 
     out = run_dir()
-    result = train_dynamic(
-        float_model,
-        inventory,
-        policy,
-        plan,
-        spec,
-        settings,
-        data,
-        runtime,
-        cfg.finetune,
-        cfg.dataset,
-        seed=int(cfg.seed),
-        workdir=out,
-    )
-    device = str(runtime.device)
-    val_loader, test_loader = (eval_loader(data, s, device=device) for s in ("val", "test"))
+    setup = DynamicSetup(inventory, policy, plan, spec, settings)
+    context = TrainContext(data, runtime, cfg.dataset, int(cfg.seed), workdir=out)
+    with training_progress() as progress:
+        result = train_dynamic(float_model, setup, cfg.finetune, context, Monitor(progress))
+    test_loader = context.eval_loader("test")
     test = evaluate_dynamic(result.model, test_loader, runtime)
     float_losses = per_sample_losses(runtime.prepare(float_model), test_loader, runtime)
-    summary = summarize(test, plan)
+    val = evaluate_dynamic(result.model, context.eval_loader("val"), runtime)
     meta: dict[str, Any] = {
         "accuracy": {
             "float_val": float_checkpoint.meta["val_acc"],
             "float_test": float_checkpoint.meta["test_acc"],
-            "val": evaluate_dynamic(result.model, val_loader, runtime).accuracy,
+            "val": val.accuracy,
             "test": test.accuracy,
         },
-        "test": summary,
-        "hardness": hardness(test, float_losses),
-        "static_bitops": result.model.cost.reference,
-        "controller_macs": result.model.controller.macs(),
-        "base_policy": policy.key(),
-        "dynamic": settings.as_dict(),
-        "quantizer": spec.name,
+        **_report(setup, result.model, test, float_losses),
         "seed": int(cfg.seed),
         "float_checkpoint": str(float_checkpoint.path),
         "history": result.history,
@@ -110,7 +87,7 @@ def run(cfg: DictConfig) -> None:
         f"{list(settings.offsets)} around {policy.key()}",
     )
     (out / "last.pt").unlink(missing_ok=True)
-    _print(summary, f"{cfg.model.name} on {cfg.dataset.name}: dynamic {spec.name}")
+    _print(meta["test"], f"{cfg.model.name} on {cfg.dataset.name}: dynamic {spec.name}")
     h = meta["hardness"]
     console.print(
         f"float test accuracy {meta['accuracy']['float_test']:.2f} %; harder samples "
@@ -121,15 +98,31 @@ def run(cfg: DictConfig) -> None:
     console.print(f"output: {out}")
 
 
+def _report(
+    setup: DynamicSetup, model: DynamicQuantModel, test: DynamicEval, float_losses: Tensor
+) -> dict[str, Any]:
+    """The test split's summary, whether harder samples got more bits, the static base
+    policy's BitOPs, the controller's MACs and the settings."""
+    return {
+        "test": summarize(test, setup.plan),
+        "hardness": hardness(test, float_losses),
+        "static_bitops": model.cost.reference,
+        "controller_macs": model.controller.macs(),
+        "base_policy": setup.base.key(),
+        "dynamic": setup.settings.as_dict(),
+        "quantizer": setup.spec.name,
+    }
+
+
 def _print(summary: dict[str, Any], title: str) -> None:
     console.print(summary_table(summary, title))
     console.print(layer_table(summary))
 
 
-def evaluate_checkpoint(blob: dict[str, Any], path: Path, cfg: DictConfig) -> None:
+def evaluate_checkpoint(loaded: Checkpoint, path: Path, cfg: DictConfig) -> None:
     """``qsearch evaluate`` of a dynamic checkpoint: accuracy, per-sample BitOPs, bits per
     layer on the test split; writes evaluate.json."""
-    loaded = rebuild_dynamic(blob, str(path), str(cfg.data_root), str(cfg.cache_dir))
+    assert isinstance(loaded.model, DynamicQuantModel) and loaded.plan is not None
     runtime = resolve_runtime(cfg.runtime)
     data = build_data(loaded.config.dataset)
     model = runtime.prepare(loaded.model)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 from torch import Tensor
 
+from qsearch.checkpoint import Checkpoint, load_checkpoint
 from qsearch.commands._common import console, run_dir
 from qsearch.data import dataset_shape
 from qsearch.errors import UserError
@@ -20,29 +21,14 @@ from qsearch.export.onnx_export import (
     onnxruntime_available,
 )
 from qsearch.export.qpack import EncodedQpack, encode_qpack, load_qpack
-from qsearch.quant.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint, rebuild_quantized
-from qsearch.train.float_model import FLOAT_FORMAT
-from qsearch.utils.io import load_torch, write_atomic, write_json
+from qsearch.utils.io import write_atomic, write_json
 
 FORMATS = ("qpack", "onnx", "both")
 VERIFY_BATCH = 8
 
 
-def _load(value: str, data_root: str, cache_dir: str) -> QuantizedCheckpoint:
-    """The quantized checkpoint in file ``value``, or in ``value/model.pt`` for a run dir."""
-    path = Path(value) / "model.pt" if Path(value).is_dir() else Path(value)
-    blob = load_torch(path)
-    if isinstance(blob, dict) and blob.get("format") == FLOAT_FORMAT:
-        raise UserError(
-            f"{path} is a float checkpoint; export needs a quantized one (from qsearch finetune)"
-        )
-    if not is_quantized_checkpoint(blob):
-        raise UserError(f"{path} is not a qsearch quantized checkpoint")
-    return rebuild_quantized(blob, str(path), data_root, cache_dir)
-
-
 @torch.no_grad()
-def _write_qpack(path: Path, loaded: QuantizedCheckpoint, images: Tensor) -> EncodedQpack:
+def _write_qpack(path: Path, loaded: Checkpoint, images: Tensor) -> EncodedQpack:
     """Write ``model.qpack``; it replaces ``path`` only if it reloads to equal logits."""
     encoded = encode_qpack(loaded.model, loaded.policy, loaded.config)
     expected = loaded.model(images)
@@ -80,9 +66,7 @@ def _qpack_rows(table: Table, encoded: EncodedQpack) -> dict[str, Any]:
     }
 
 
-def _onnx_rows(
-    table: Table, path: Path, loaded: QuantizedCheckpoint, images: Tensor
-) -> dict[str, Any]:
+def _onnx_rows(table: Table, path: Path, loaded: Checkpoint, images: Tensor) -> dict[str, Any]:
     result = export_onnx(loaded.model, images[:1])
     write_atomic(path, lambda tmp: tmp.write_bytes(result.data))
     table.add_row("model.onnx", _kib(len(result.data)), "QDQ graph, int8/uint8 weight initializers")
@@ -122,7 +106,9 @@ def run(cfg: DictConfig) -> None:
     fmt = str(cfg.format)
     if fmt not in FORMATS:
         raise UserError(f"unknown format '{fmt}' (choose from: {', '.join(FORMATS)})")
-    loaded = _load(str(cfg.checkpoint), str(cfg.data_root), str(cfg.cache_dir))
+    loaded = load_checkpoint(
+        str(cfg.checkpoint), str(cfg.data_root), str(cfg.cache_dir), kinds=("quantized",)
+    )
     loaded.model.cpu().float().eval()
     info = dataset_shape(loaded.config.dataset)
     generator = torch.Generator().manual_seed(int(cfg.seed))

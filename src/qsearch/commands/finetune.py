@@ -7,16 +7,12 @@ import logging
 from omegaconf import DictConfig
 from rich.table import Table
 
-from qsearch.commands._common import console, run_dir
-from qsearch.data import build_data
-from qsearch.models import build_model, model_inventory
-from qsearch.quant.checkpoint import save_quantized
-from qsearch.quant.layers import QuantizerSpec
-from qsearch.quant.policy import resolve_policy
+from qsearch.checkpoint import save_quantized
+from qsearch.commands._common import console, load_trained_float, policy_setup, run_dir
 from qsearch.report.figures import curves_figure
+from qsearch.report.progress import training_progress
 from qsearch.train.finetune import finetune, finetune_summary
-from qsearch.train.float_model import load_float_weights, train_float
-from qsearch.train.runtime import resolve_runtime
+from qsearch.train.fit import Monitor, TrainContext
 from qsearch.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -25,22 +21,10 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> None:
     """Fine-tune the requested policy; write model.pt, policy.yaml, metrics.json and
     curves.png."""
-    runtime = resolve_runtime(cfg.runtime)
-    data = build_data(cfg.dataset)
-    float_model = build_model(cfg.model, data.info)
-    inventory = model_inventory(float_model, data.info)
-    policy = resolve_policy(
-        cfg.policy,
-        cfg.w_bits,
-        cfg.a_bits,
-        model=cfg.model.name,
-        dataset=cfg.dataset.name,
-        inventory=inventory,
-        pin_first_last=cfg.pin_first_last,
-    )
-    spec = QuantizerSpec.from_config(cfg.quantizer)
-    float_checkpoint = train_float(cfg, data, runtime)
-    load_float_weights(float_model, float_checkpoint)
+    setup = policy_setup(cfg)
+    runtime, data, float_model = setup.runtime, setup.data, setup.float_model
+    inventory, policy, spec = setup.inventory, setup.policy, setup.spec
+    float_checkpoint = load_trained_float(cfg, setup)
     log.info(
         "fine-tuning %s on %s with %s, bits (w/a): %s",
         cfg.model.name,
@@ -50,17 +34,9 @@ def run(cfg: DictConfig) -> None:
     )
 
     out = run_dir()
-    result = finetune(
-        float_model,
-        policy,
-        spec,
-        data,
-        runtime,
-        cfg.finetune,
-        cfg.dataset,
-        seed=int(cfg.seed),
-        workdir=out,
-    )
+    context = TrainContext(data, runtime, cfg.dataset, int(cfg.seed), workdir=out)
+    with training_progress() as progress:
+        result = finetune(float_model, policy, spec, cfg.finetune, context, Monitor(progress))
     accuracy = finetune_summary(result, float_checkpoint.meta)
     bits = policy.average_bits(inventory)
     policy.metadata.update(

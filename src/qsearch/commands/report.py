@@ -8,15 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 from rich.table import Table
 
 from qsearch.commands._common import console
-from qsearch.report.figures import pareto_front
+from qsearch.report.figures import sweep_figure
 from qsearch.report.gather import (
     GROUP_COLUMNS,
     RUN_COLUMNS,
@@ -40,7 +36,7 @@ def run(cfg: DictConfig) -> None:
     write_csv(out / "report.csv", groups, GROUP_COLUMNS)
     figure = None
     if any(row["cost_vs_8bit"] != "" for row in rows):
-        figure = pareto_figure(out / "report_pareto.png", rows, groups, title=root.name)
+        figure = sweep_figure(out / "report_pareto.png", rows, groups, title=root.name)
     write_text(out / "report.md", _markdown(root, rows, groups, headers, cells, figure))
     table = Table(title=f"{root}: {len(rows)} runs, {len(groups)} settings (mean ± std (min–max))")
     for header in headers:
@@ -132,78 +128,3 @@ def _markdown(
 
 def _fixed(value: Any, digits: int) -> str:
     return "" if value == "" else f"{float(value):.{digits}f}"
-
-
-def pareto_figure(
-    path: Path,
-    rows: Sequence[dict[str, Any]],
-    groups: Sequence[dict[str, Any]],
-    title: str,
-) -> Path:
-    """Validation accuracy vs cost of each search run's best policy, one colour per agent.
-
-    Each setting is a point at its mean with ± std error bars over its runs (faint dots);
-    the dashed line is the Pareto front of the setting means.
-    """
-    searched = [g for g in groups if not math.isnan(g["cost_vs_8bit_mean"])]
-    agents = list(dict.fromkeys(g["agent"] for g in searched))
-    colors = {agent: plt.get_cmap("tab10")(i % 10) for i, agent in enumerate(agents)}
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    labelled: set[str] = set()
-    for group in searched:
-        color = colors[group["agent"]]
-        members = [r for r in rows if r["setting"] == group["setting"] and r["cost_vs_8bit"] != ""]
-        ax.scatter(
-            [float(r["cost_vs_8bit"]) for r in members],
-            [float(r["val_accuracy"]) for r in members],
-            s=12,
-            color=color,
-            alpha=0.35,
-        )
-        ax.errorbar(
-            group["cost_vs_8bit_mean"],
-            group["val_accuracy_mean"],
-            xerr=group["cost_vs_8bit_std"],
-            yerr=group["val_accuracy_std"],
-            fmt="o",
-            markersize=7,
-            capsize=3,
-            color=color,
-            label=None if group["agent"] in labelled else group["agent"],
-        )
-        labelled.add(group["agent"])
-        if len(searched) > len(agents):  # several settings per agent: name each point
-            ax.annotate(
-                group["setting"],
-                (group["cost_vs_8bit_mean"], group["val_accuracy_mean"]),
-                textcoords="offset points",
-                xytext=(5, 4),
-                fontsize=7,
-                color=color,
-            )
-    points = [(g["cost_vs_8bit_mean"], g["val_accuracy_mean"]) for g in searched]
-    front = pareto_front(points)
-    ax.plot(
-        [points[i][0] for i in front],
-        [points[i][1] for i in front],
-        color="tab:gray",
-        ls="--",
-        lw=1,
-        drawstyle="steps-post",
-        marker="o",
-        markersize=13,
-        markerfacecolor="none",
-        label="Pareto front (means)",
-    )
-    metrics = sorted({str(r["metric"]) for r in rows if r["metric"]})
-    ax.set_xlabel(f"{', '.join(metrics)} relative to uniform 8-bit")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{title}: best policy per run, mean ± std over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    try:
-        fig.tight_layout()
-        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-    return path

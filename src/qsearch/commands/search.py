@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from qsearch.quant.layers import QuantizerSpec
 from qsearch.quant.policy import Policy
 from qsearch.report.figures import bits_figure, pareto_figure
 from qsearch.report.live import SearchMonitor, bits_text
+from qsearch.report.progress import training_progress
+from qsearch.train.fit import Monitor
 from qsearch.train.float_model import load_float_weights, train_float
 from qsearch.train.runtime import Runtime, resolve_runtime
 from qsearch.utils.io import write_json
@@ -81,6 +84,9 @@ def _retrain_evaluator(
             weight_decay=float(cfg.train.weight_decay),
             train_subset=ev.train_subset,
             val_subset=ev.val_subset,
+            bn_batches=int(ev.bn_batches),
+            distill_alpha=float(ev.distill_alpha),
+            distill_temperature=float(ev.distill_temperature),
         ),
         seed=int(cfg.seed),
         augment=Augment.from_config(cfg.dataset.get("augment")),
@@ -117,18 +123,8 @@ def run(cfg: DictConfig) -> None:
 
     runtime = resolve_runtime(cfg.runtime)
     spec = QuantizerSpec.from_config(cfg.quantizer)
-    if cfg.evaluator.name == "synthetic":
-        evaluator = SyntheticLandscape(space, SyntheticConfig.from_config(cfg.evaluator))
-        evaluator.optimum()  # a UserError without a budget, before any work
-        data, float_meta = None, {"test_acc": None}
-        float_accuracy = evaluator.float_accuracy
-    else:
-        data = build_data(cfg.dataset)
-        float_checkpoint = train_float(cfg, data, runtime)
-        load_float_weights(model, float_checkpoint)
-        evaluator = _retrain_evaluator(cfg, model, data, runtime, spec)
-        float_meta = float_checkpoint.meta
-        float_accuracy = evaluator.float_accuracy()
+    scorer = _build_scorer(cfg, space, model, runtime, spec)
+    evaluator, float_accuracy = scorer.evaluator, scorer.float_accuracy
     releq = reward if isinstance(reward, ReleqReward) else ReleqReward()
     reference_cost = space.cost.total(_uniform8(space))
     monitor = SearchMonitor(
@@ -158,7 +154,7 @@ def run(cfg: DictConfig) -> None:
         seed=int(cfg.seed),
         resume=resume,
         float_model=model,
-        data=data,
+        data=scorer.data,
         spec=spec,
         runtime=runtime,
         max_episodes=cfg.search.max_episodes,
@@ -168,6 +164,7 @@ def run(cfg: DictConfig) -> None:
             else None
         ),
     )
+    limit = f", cost <= {cfg.budget.cost_fraction} x 8-bit {space.cost.metric}"
     log.info(
         "searching %d of %d layers of %s with %s; budget %d evaluations%s",
         len(space.searchable),
@@ -175,12 +172,69 @@ def run(cfg: DictConfig) -> None:
         cfg.model.name,
         agent.name,
         recorder.budget,
-        ""
-        if space.budget is None
-        else f", cost <= {cfg.budget.cost_fraction} x 8-bit {space.cost.metric}",
+        "" if space.budget is None else limit,
     )
     with monitor:
         agent.search(ctx)
+    _finish(cfg, out, scorer, agent, recorder, reference_cost)
+
+
+def _finish(
+    cfg: DictConfig,
+    out: Path,
+    scorer: Scorer,
+    agent: Any,
+    recorder: SearchRecorder,
+    reference_cost: float,
+) -> None:
+    """After the agent: warnings, the uniform references, the feasibility check, results."""
+    space, evaluator, float_accuracy = recorder.space, scorer.evaluator, scorer.float_accuracy
+    note = _learning_warnings(agent, recorder)
+    references = {
+        f"W{bits}": recorder.evaluate(space.uniform(bits), reference=True)
+        for bits in cfg.search.reference_bits
+        if bits in space.w_choices
+    }
+    _check_best(recorder, cfg.budget.cost_fraction, reference_cost, out)
+    extras: dict[str, Any] = {"agent_warning": note}
+    if isinstance(evaluator, SyntheticLandscape):
+        extras["synthetic"] = _synthetic_summary(evaluator, recorder)
+    outcome = SearchOutcome(
+        space, recorder, references, float_accuracy, reference_cost, scorer.float_meta, extras
+    )
+    _write_results(cfg, out, outcome)
+
+
+@dataclass
+class Scorer:
+    """What turns a policy into an accuracy, and the float model's numbers it starts from."""
+
+    evaluator: PolicyEvaluator | SyntheticLandscape
+    data: DataSplits | None
+    float_meta: dict[str, Any]
+    float_accuracy: float
+
+
+def _build_scorer(
+    cfg: DictConfig, space: SearchSpace, model: Any, runtime: Runtime, spec: QuantizerSpec
+) -> Scorer:
+    """``evaluator=synthetic``: the landscape (no data, no training); otherwise the float
+    model (trained first when not cached) and its short-retraining evaluator."""
+    if cfg.evaluator.name == "synthetic":
+        landscape = SyntheticLandscape(space, SyntheticConfig.from_config(cfg.evaluator))
+        landscape.optimum()  # a UserError without a budget, before any work
+        return Scorer(landscape, None, {"test_acc": None}, landscape.float_accuracy)
+    data = build_data(cfg.dataset)
+    with training_progress() as progress:
+        float_checkpoint = train_float(cfg, data, runtime, monitor=Monitor(progress))
+    load_float_weights(model, float_checkpoint)
+    evaluator = _retrain_evaluator(cfg, model, data, runtime, spec)
+    return Scorer(evaluator, data, float_checkpoint.meta, evaluator.float_accuracy())
+
+
+def _learning_warnings(agent: Any, recorder: SearchRecorder) -> str | None:
+    """Log why a search ended early and whether an RL agent had the episodes to learn;
+    return the latter (for summary.json)."""
     if not recorder.exhausted:
         log.warning(
             "%s stopped after %d episodes with %d of %d evaluations spent: it had no new "
@@ -196,11 +250,13 @@ def run(cfg: DictConfig) -> None:
     note = learning_note(recorder.episode, recorder.used) if learning_note else None
     if note:
         log.warning(note)
-    references = {
-        f"W{bits}": recorder.evaluate(space.uniform(bits), reference=True)
-        for bits in cfg.search.reference_bits
-        if bits in space.w_choices
-    }
+    return note
+
+
+def _check_best(
+    recorder: SearchRecorder, cost_fraction: Any, reference_cost: float, out: Path
+) -> None:
+    """A search returns a feasible policy or fails in one line (no policy.yaml)."""
     best = recorder.best
     if best is None:
         raise UserError("the search evaluated no policy (budget.evaluations too small?)")
@@ -208,69 +264,87 @@ def run(cfg: DictConfig) -> None:
         raise UserError(
             f"no evaluated policy meets the cost budget ({recorder.used} evaluated, the "
             f"cheapest at {min(e.cost for e in recorder.searched()) / reference_cost:.3f} "
-            f"of 8-bit, budget {cfg.budget.cost_fraction}): no policy.yaml written; see "
+            f"of 8-bit, budget {cost_fraction}): no policy.yaml written; see "
             f"{out / 'evaluations.csv'}"
         )
-    extras: dict[str, Any] = {"agent_warning": note}
-    if isinstance(evaluator, SyntheticLandscape):
-        extras["synthetic"] = _synthetic_summary(evaluator, recorder)
-        console.print(
-            f"synthetic landscape: optimum {extras['synthetic']['optimum']:.3f} %, found "
-            f"{extras['synthetic']['found_true']:.3f} % (true), regret "
-            f"{extras['synthetic']['regret']:.3f} points"
-        )
-    _write_results(
-        cfg,
-        out,
-        space,
-        recorder,
-        references,
-        float_accuracy,
-        reference_cost,
-        float_meta,
-        extras,
-    )
+
+
+@dataclass
+class SearchOutcome:
+    """A finished search and the numbers its results are written against."""
+
+    space: SearchSpace
+    recorder: SearchRecorder
+    references: dict[str, Evaluation]
+    float_accuracy: float
+    reference_cost: float
+    float_meta: dict[str, Any]
+    extras: dict[str, Any]
 
 
 def _synthetic_summary(landscape: SyntheticLandscape, recorder: SearchRecorder) -> dict[str, Any]:
-    """The known optimum of a synthetic landscape and how far the found policy is from it."""
+    """The known optimum of a synthetic landscape and how far the found policy is from it
+    (also printed)."""
     found = recorder.best_policy()
     assert found is not None
     optimum, optimum_policy = landscape.optimum()
     w_bits, a_bits = landscape.space.searched_bits(optimum_policy)
-    return {
+    summary = {
         "optimum": optimum,
         "found_true": landscape.true_accuracy(found),
         "regret": landscape.regret(found),
         "optimum_policy": {"w_bits": w_bits, "a_bits": a_bits},
         "noise_std": landscape.config.noise_std,
     }
+    console.print(
+        f"synthetic landscape: optimum {summary['optimum']:.3f} %, found "
+        f"{summary['found_true']:.3f} % (true), regret {summary['regret']:.3f} points"
+    )
+    return summary
 
 
-def _write_results(
-    cfg: DictConfig,
-    out: Path,
-    space: SearchSpace,
-    recorder: SearchRecorder,
-    references: dict[str, Evaluation],
-    float_accuracy: float,
-    reference_cost: float,
-    float_meta: dict[str, Any],
-    extras: dict[str, Any],
-) -> None:
+def _write_results(cfg: DictConfig, out: Path, outcome: SearchOutcome) -> None:
     """policy.yaml, summary.json (``extras`` merged in), the figures and the console table."""
-    best = recorder.best
+    policy = _save_policy(cfg, out, outcome)
+    space, recorder, references = outcome.space, outcome.recorder, outcome.references
+    best, reference_cost = recorder.best, outcome.reference_cost
     assert best is not None
-    policy = recorder.best_policy()
-    assert policy is not None
+    dominating = dominating_references(best, references)
+    write_json(out / "summary.json", _summary(outcome, dominating))
+    title = f"{cfg.model.name} on {cfg.dataset.name}: {recorder.agent}"
+    pareto_figure(
+        out / "pareto.png",
+        recorder.searched(),
+        references,
+        best,
+        reference_cost,
+        space.cost.metric,
+        space.budget,
+        outcome.float_accuracy,
+        title,
+    )
+    params = [layer.weight_params for layer in space.inventory]
+    bits_figure(out / "bits.png", policy, params, f"{title} (chosen policy)")
+    console.print(
+        _summary_table(best, references, reference_cost, outcome.float_accuracy, space.cost.metric)
+    )
+    console.print(f"policy: {out / 'policy.yaml'}  (next: qsearch finetune policy={out})")
+    _suggest_uniform(out, outcome, dominating)
+
+
+def _save_policy(cfg: DictConfig, out: Path, outcome: SearchOutcome) -> Policy:
+    """Write the found policy, with what it was found under, to ``out/policy.yaml``."""
+    space, recorder = outcome.space, outcome.recorder
+    best, policy = recorder.best, recorder.best_policy()
+    assert best is not None and policy is not None
     metric = space.cost.metric
     policy.metadata.update(
         {
             "val_accuracy": best.accuracy,
-            "float_val_accuracy": float_accuracy,
+            "float_val_accuracy": outcome.float_accuracy,
             "cost": {
                 metric: best.cost,
-                f"{metric}_vs_8bit": best.cost / reference_cost,
+                f"{metric}_vs_8bit": best.cost / outcome.reference_cost,
                 **best.metrics,
             },
             "feasible": best.feasible,
@@ -289,44 +363,38 @@ def _write_results(
         comment=f"found by `qsearch search agent={recorder.agent}`; fine-tune with "
         f"`qsearch finetune policy={out}`",
     )
+    return policy
+
+
+def _summary(outcome: SearchOutcome, dominating: list[str]) -> dict[str, Any]:
+    """The content of summary.json."""
+    recorder, reference_cost = outcome.recorder, outcome.reference_cost
+    assert recorder.best is not None
     summary = {
-        "best": _row(best, reference_cost),
-        "float_val_accuracy": float_accuracy,
-        "float_test_accuracy": float_meta["test_acc"],
-        "references": {k: _row(v, reference_cost) for k, v in references.items()},
+        "best": _row(recorder.best, reference_cost),
+        "float_val_accuracy": outcome.float_accuracy,
+        "float_test_accuracy": outcome.float_meta["test_acc"],
+        "references": {k: _row(v, reference_cost) for k, v in outcome.references.items()},
         "evaluations": recorder.used,
         "episodes": recorder.episode,
         "stopped_by": "budget" if recorder.exhausted else "agent (no new policies)",
-        "metric": metric,
-        "budget_cost": space.budget,
+        "metric": outcome.space.cost.metric,
+        "budget_cost": outcome.space.budget,
         "evaluator": {
             "retrained": getattr(recorder.evaluator, "misses", None),
             "cache_hits": getattr(recorder.evaluator, "hits", None),
             "seconds": getattr(recorder.evaluator, "seconds", None),
         },
+        "dominated_by": dominating,
     }
-    dominating = dominating_references(best, references)
-    summary["dominated_by"] = dominating
-    summary |= extras
-    write_json(out / "summary.json", summary)
-    title = f"{cfg.model.name} on {cfg.dataset.name}: {recorder.agent}"
-    pareto_figure(
-        out / "pareto.png",
-        recorder.searched(),
-        references,
-        best,
-        reference_cost,
-        metric,
-        space.budget,
-        float_accuracy,
-        title,
-    )
-    params = [layer.weight_params for layer in space.inventory]
-    bits_figure(out / "bits.png", policy, params, f"{title} (chosen policy)")
-    console.print(_summary_table(best, references, reference_cost, float_accuracy, metric))
-    console.print(f"policy: {out / 'policy.yaml'}  (next: qsearch finetune policy={out})")
+    return summary | outcome.extras
+
+
+def _suggest_uniform(out: Path, outcome: SearchOutcome, dominating: list[str]) -> None:
+    """Save each uniform reference that dominates the found policy and say so."""
+    space = outcome.space
     for label in dominating:
-        reference = references[label]
+        reference = outcome.references[label]
         path = Policy.from_bits(
             space.model, space.dataset, space.names, reference.w_bits, reference.a_bits
         ).save(
@@ -335,9 +403,9 @@ def _write_results(
         )
         console.print(
             f"[yellow]note:[/] uniform {label} ({reference.accuracy:.2f} %, "
-            f"{reference.cost / reference_cost:.3f} of 8-bit) is at least as accurate and as "
-            f"cheap as the found policy: `qsearch finetune policy={path}` may serve you "
-            "better (or give the search more evaluations)."
+            f"{reference.cost / outcome.reference_cost:.3f} of 8-bit) is at least as accurate "
+            f"and as cheap as the found policy: `qsearch finetune policy={path}` may serve "
+            "you better (or give the search more evaluations)."
         )
 
 

@@ -10,6 +10,8 @@ from rich.table import Table
 from qsearch.commands._common import console, run_dir
 from qsearch.data import build_data
 from qsearch.report.figures import curves_figure
+from qsearch.report.progress import training_progress
+from qsearch.train.fit import Monitor
 from qsearch.train.float_model import train_float
 from qsearch.train.runtime import resolve_runtime
 from qsearch.utils.io import write_atomic
@@ -20,7 +22,10 @@ def run(cfg: DictConfig) -> None:
     its metrics and a plot of its training curves."""
     runtime = resolve_runtime(cfg.runtime)
     data = build_data(cfg.dataset)
-    checkpoint = train_float(cfg, data, runtime, force=bool(cfg.force))
+    with training_progress() as progress:
+        checkpoint = train_float(
+            cfg, data, runtime, force=bool(cfg.force), monitor=Monitor(progress)
+        )
     out = run_dir()
     for name, source in (
         ("model.pt", checkpoint.path),

@@ -10,5 +10,5 @@ with a hard, straight-through Gumbel-Softmax; inference takes the argmax. The lo
 Modules: :mod:`.settings` (config and the static/dynamic layer plan), :mod:`.layers`
 (dynamic Conv2d/Linear), :mod:`.controller`, :mod:`.cost` (per-sample BitOPs),
 :mod:`.model` (the wrapped network), :mod:`.train` (joint training and per-sample
-evaluation), :mod:`.checkpoint` and :mod:`.figure`.
+evaluation). Checkpoints: :mod:`qsearch.checkpoint`; the figure: :mod:`qsearch.report.figures`.
 """

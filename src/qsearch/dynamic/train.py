@@ -12,38 +12,23 @@ included, so the resumed run equals an uninterrupted one).
 from __future__ import annotations
 
 import copy
-import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qsearch.data import DataSplits, eval_loader, train_loader
+from qsearch.data import DataSplits, eval_loader
 from qsearch.dynamic.model import DynamicQuantModel, build_dynamic
 from qsearch.dynamic.settings import DynamicPlan, DynamicSettings
 from qsearch.models.inventory import LayerInfo
 from qsearch.quant.layers import QuantizerSpec, calibrate
 from qsearch.quant.policy import Policy
-from qsearch.report.progress import training_progress
-from qsearch.train.loop import (
-    Batches,
-    cosine_schedule,
-    cross_entropy_loss,
-    restore_epoch_state,
-    save_epoch_state,
-    train_one_epoch,
-)
+from qsearch.train.fit import Monitor, TrainContext, ValidationRow, fit
+from qsearch.train.loop import Batches, TrainStep, cosine_schedule, cross_entropy_loss, forward
 from qsearch.train.runtime import Runtime
-from qsearch.utils.io import load_torch
-
-log = logging.getLogger(__name__)
-
-EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -78,10 +63,7 @@ def evaluate_dynamic(model: DynamicQuantModel, loader: Batches, runtime: Runtime
     model.eval()
     parts: dict[str, list[Tensor]] = {k: [] for k in ("losses", "correct", "bitops", "choices")}
     for images, labels in loader:
-        if runtime.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            logits = model(images)
+        logits = forward(model, images, runtime)
         choice = model.last_choice
         assert choice is not None
         parts["losses"].append(F.cross_entropy(logits.float(), labels, reduction="none").cpu())
@@ -98,10 +80,7 @@ def per_sample_losses(model: nn.Module, loader: Batches, runtime: Runtime) -> Te
     model.eval()
     losses = []
     for images, labels in loader:
-        if runtime.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            logits = model(images)
+        logits = forward(model, images, runtime)
         losses.append(F.cross_entropy(logits.float(), labels, reduction="none").cpu())
     return torch.cat(losses)
 
@@ -114,19 +93,31 @@ class DynamicResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class DynamicSetup:
+    """What a dynamic network is built from: the float model's layer inventory, the static
+    base policy, the static/dynamic plan, the quantizer and the dynamic settings."""
+
+    inventory: Sequence[LayerInfo]
+    base: Policy
+    plan: DynamicPlan
+    spec: QuantizerSpec
+    settings: DynamicSettings
+
+
 def build_calibrated(
-    float_model: nn.Module,
-    inventory: Sequence[LayerInfo],
-    base: Policy,
-    plan: DynamicPlan,
-    spec: QuantizerSpec,
-    settings: DynamicSettings,
-    data: DataSplits,
-    runtime: Runtime,
+    float_model: nn.Module, setup: DynamicSetup, data: DataSplits, runtime: Runtime
 ) -> DynamicQuantModel:
     """A dynamic copy of ``float_model``, every candidate's quantizers calibrated on one
     train batch (all K branches run on every sample, so all of them initialize)."""
-    model = build_dynamic(copy.deepcopy(float_model), inventory, base, plan, spec, settings)
+    model = build_dynamic(
+        copy.deepcopy(float_model),
+        setup.inventory,
+        setup.base,
+        setup.plan,
+        setup.spec,
+        setup.settings,
+    )
     model = runtime.prepare(model)
     images, _ = next(iter(eval_loader(data, "train", batch_size=256, device=str(runtime.device))))
     calibrate(model, images)
@@ -149,109 +140,74 @@ def _optimizer(model: DynamicQuantModel, recipe: DictConfig) -> torch.optim.Opti
     )
 
 
+class CostHinge:
+    """Eq. 7's cost term as a :class:`~qsearch.train.loop.LossHook`:
+    ``alpha * max(0, mean_x C(x) - target)`` over the batch just seen."""
+
+    def __init__(self, model: DynamicQuantModel, settings: DynamicSettings) -> None:
+        self.model, self.settings = model, settings
+        self.costs: list[tuple[float, int]] = []  # (batch mean relative BitOPs, batch size)
+
+    def __call__(self) -> Tensor:
+        """The hinge of the last batch's mean relative BitOPs (tallied for the epoch)."""
+        choice = self.model.last_choice
+        assert choice is not None
+        cost = self.model.cost.relative(choice).mean()
+        self.costs.append((float(cost.detach()), choice.shape[0]))
+        return self.settings.alpha * F.relu(cost - self.settings.target)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """``train_cost``: the epoch's mean per-sample BitOPs relative to the base policy."""
+        seen = sum(batch for _, batch in self.costs)
+        mean = sum(cost * batch for cost, batch in self.costs) / max(seen, 1)
+        self.costs.clear()
+        return {"train_cost": mean}
+
+
+def dynamic_validation(
+    model: DynamicQuantModel, loader: Batches, runtime: Runtime
+) -> ValidationRow:
+    """``val_acc`` (percent) and ``val_cost`` (mean relative BitOPs) on ``loader``."""
+
+    def row() -> dict[str, float]:
+        result = evaluate_dynamic(model, loader, runtime)
+        return {"val_acc": result.accuracy, "val_cost": result.mean_cost}
+
+    return row
+
+
 def train_dynamic(
     float_model: nn.Module,
-    inventory: Sequence[LayerInfo],
-    base: Policy,
-    plan: DynamicPlan,
-    spec: QuantizerSpec,
-    settings: DynamicSettings,
-    data: DataSplits,
-    runtime: Runtime,
+    setup: DynamicSetup,
     recipe: DictConfig,
-    dataset_cfg: DictConfig,
-    *,
-    seed: int,
-    workdir: Path | None = None,
-    on_epoch_end: EpochCallback | None = None,
-    quiet: bool = False,
+    context: TrainContext,
+    monitor: Monitor | None = None,
 ) -> DynamicResult:
     """Train backbone and controller jointly for ``recipe.epochs`` (``conf/dynamic.yaml``).
 
-    With ``workdir`` set, ``workdir/last.pt`` is written after every epoch and picked up
-    again by a later call with the same arguments.
+    With ``context.workdir`` set, ``last.pt`` is written there after every epoch (the RNG
+    of the Gumbel noise included) and picked up again by a later call with the same
+    arguments.
     """
-    torch.manual_seed(seed)
-    device = str(runtime.device)
-    model = build_calibrated(float_model, inventory, base, plan, spec, settings, data, runtime)
-    val = eval_loader(data, "val", device=device)
-    loader = train_loader(data, dataset_cfg, int(recipe.batch_size), seed, device)
+    torch.manual_seed(context.seed)
+    runtime = context.runtime
+    model = build_calibrated(float_model, setup, context.data, runtime)
+    val = context.eval_loader("val")
+    loader = context.train_loader(int(recipe.batch_size))
     epochs = int(recipe.epochs)
     optimizer = _optimizer(model, recipe)
     scheduler = cosine_schedule(
         optimizer, max(1, epochs * len(loader)), int(recipe.warmup_epochs) * len(loader)
     )
-
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    resume = workdir / "last.pt" if workdir is not None else None
-    if resume is not None and resume.is_file():
-        state = load_torch(resume)
-        start_epoch, history = restore_epoch_state(state, model, optimizer, scheduler)
-        torch.set_rng_state(state["rng"])
-        log.info("resuming dynamic training at epoch %d/%d", start_epoch + 1, epochs)
-
-    costs: list[tuple[float, int]] = []  # (batch mean relative BitOPs, batch size)
-
-    def cost_penalty() -> Tensor:
-        """alpha * hinge(mean relative BitOPs - target) of the batch just seen."""
-        assert model.last_choice is not None
-        cost = model.cost.relative(model.last_choice).mean()
-        costs.append((float(cost.detach()), model.last_choice.shape[0]))
-        return settings.alpha * F.relu(cost - settings.target)
-
-    with training_progress(disable=quiet) as progress:
-        task = progress.add_task("dynamic", total=epochs, completed=start_epoch)
-        for epoch in range(start_epoch, epochs):
-            loader.set_epoch(epoch)
-            start = time.perf_counter()
-            costs.clear()
-            stats = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                scheduler,
-                runtime,
-                loss_fn=cross_entropy_loss(),
-                extra_loss=cost_penalty,
-                progress=None if quiet else progress,
-                description=f"epoch {epoch + 1}",
-            )
-            seen = sum(batch for _, batch in costs)
-            val_eval = evaluate_dynamic(model, val, runtime)
-            row = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": stats.loss,
-                "train_acc": stats.accuracy,
-                "train_cost": sum(cost * batch for cost, batch in costs) / max(seen, 1),
-                "val_acc": val_eval.accuracy,
-                "val_cost": val_eval.mean_cost,
-                "seconds": time.perf_counter() - start,
-            }
-            history.append(row)
-            if not quiet:
-                log.info(
-                    "epoch %d/%d  loss %.4f  BitOPs %.3fx  val %.2f%% at %.3fx  (%.1fs)",
-                    epoch + 1,
-                    epochs,
-                    row["train_loss"],
-                    row["train_cost"],
-                    row["val_acc"],
-                    row["val_cost"],
-                    row["seconds"],
-                )
-            if resume is not None:
-                save_epoch_state(
-                    resume,
-                    model,
-                    optimizer,
-                    scheduler,
-                    epoch + 1,
-                    history,
-                    rng=torch.get_rng_state(),
-                )
-            progress.update(task, advance=1, loss=row["train_loss"], acc=row["val_acc"])
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
+    hinge = CostHinge(model, setup.settings)
+    step = TrainStep(model, optimizer, scheduler, runtime, cross_entropy_loss(), hinge)
+    history = fit(
+        step,
+        loader,
+        epochs,
+        dynamic_validation(model, val, runtime),
+        title="dynamic",
+        resume=context.resume_file(),
+        monitor=monitor,
+    )
     return DynamicResult(model=model, history=history)

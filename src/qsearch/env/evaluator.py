@@ -15,9 +15,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,15 @@ from torch import nn
 from qsearch.data import DataSplits, TensorLoader, eval_loader
 from qsearch.data.loader import Augment
 from qsearch.data.tensors import split_off
+from qsearch.quant.bn import reestimate_bn
 from qsearch.quant.kernels import compile_enabled
 from qsearch.quant.layers import QuantizerSpec, calibrate, quantize_model
 from qsearch.quant.policy import Policy
+from qsearch.train.distill import distillation_loss
 from qsearch.train.loop import (
+    LossFn,
+    TrainingDiverged,
+    TrainStep,
     build_optimizer,
     cosine_schedule,
     cross_entropy_loss,
@@ -38,6 +45,8 @@ from qsearch.train.loop import (
     train_one_epoch,
 )
 from qsearch.train.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 EVALUATOR_VERSION = 2  # raise when a change to this module changes the accuracies it returns
 
@@ -57,6 +66,11 @@ class RetrainConfig:
     """Short retraining inside the search. ``steps=0`` evaluates without retraining.
 
     ``train_subset``/``val_subset``: sample counts (None = the whole split).
+    ``bn_batches``: after retraining, re-estimate batch-norm statistics on this many train
+    batches (:func:`qsearch.quant.bn.reestimate_bn`; 0 = off).
+    ``distill_alpha``: weight of the distillation term from the float model in the
+    retraining loss (Hinton et al., 2015; 0 = plain cross entropy), at
+    ``distill_temperature``.
     """
 
     steps: int = 100
@@ -66,6 +80,9 @@ class RetrainConfig:
     weight_decay: float = 5e-4
     train_subset: int | None = None
     val_subset: int | None = None
+    bn_batches: int = 0
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
 
 
 class EvalCache:
@@ -169,6 +186,7 @@ class PolicyEvaluator:
         self.cache = EvalCache(cache_dir / f"{self.context_key}.jsonl") if cache_dir else None
         self.hits = self.misses = 0
         self.seconds = 0.0
+        self._teacher: nn.Module | None = None
 
     def float_accuracy(self) -> float:
         """Validation accuracy (%) of the float model on the evaluator's validation set."""
@@ -204,20 +222,36 @@ class PolicyEvaluator:
             }
             optimizer = build_optimizer(model, recipe)
             scheduler = cosine_schedule(optimizer, steps)
-            loss_fn = cross_entropy_loss()
+            loss_fn = self._loss()
             epoch, done = 0, 0
             while done < steps:
                 self.train_loader.set_epoch(epoch)
                 batch_steps = min(steps - done, len(self.train_loader))
-                train_one_epoch(
-                    model,
-                    self.train_loader,
-                    optimizer,
-                    scheduler,
-                    self.runtime,
-                    loss_fn=loss_fn,
-                    max_steps=batch_steps,
-                )
+                try:
+                    train_one_epoch(
+                        TrainStep(model, optimizer, scheduler, self.runtime, loss_fn),
+                        self.train_loader,
+                        max_steps=batch_steps,
+                    )
+                except TrainingDiverged as exc:
+                    chance = 100.0 / self.data.info.num_classes
+                    log.warning("%s: retraining diverged (%s); scored at chance", policy.key(), exc)
+                    return chance
                 done += batch_steps
                 epoch += 1
+        if self.retrain.bn_batches > 0:
+            self.train_loader.set_epoch(0)
+            batches = (images for images, _ in self.train_loader)
+            reestimate_bn(model, islice(batches, self.retrain.bn_batches))
         return evaluate(model, self.val_loader, self.runtime).accuracy
+
+    def _loss(self) -> LossFn:
+        """Cross entropy, or with ``distill_alpha`` the distillation loss from the float
+        model (the teacher, prepared once on the runtime's device)."""
+        if self.retrain.distill_alpha <= 0:
+            return cross_entropy_loss()
+        if self._teacher is None:
+            self._teacher = self.runtime.prepare(copy.deepcopy(self.float_model)).eval()
+        return distillation_loss(
+            self._teacher, self.retrain.distill_alpha, self.retrain.distill_temperature
+        )

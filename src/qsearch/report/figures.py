@@ -1,15 +1,22 @@
-"""Figures: a search's accuracy-cost Pareto plot and bits-per-layer chart, and the
-per-epoch curves of a training run (float training, fine-tuning)."""
+"""Every figure qsearch draws, and the one helper that saves them (:func:`save_figure`).
+
+A search's accuracy-cost Pareto plot and bits-per-layer chart, the per-epoch curves of a
+training run (float training, fine-tuning), a sweep's Pareto plot over runs
+(``qsearch report``) and a dynamic run's per-sample BitOPs against the float loss."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
 
 from qsearch.env.recorder import Evaluation
 from qsearch.quant.policy import Policy
@@ -91,7 +98,7 @@ def pareto_figure(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bits_figure(path: Path, policy: Policy, params: Sequence[int], title: str) -> Path:
@@ -111,7 +118,7 @@ def bits_figure(path: Path, policy: Policy, params: Sequence[int], title: str) -
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def curve_series(
@@ -150,13 +157,123 @@ def curves_figure(path: Path, history: Sequence[Mapping[str, float]], title: str
     if "val_acc" in last:
         title += f" (final val {float(last['val_acc']):.2f} %)"
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically (tight layout) and close it; returns ``path``."""
     try:
         fig.tight_layout()
         write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
     return path
+
+
+def sweep_figure(
+    path: Path,
+    rows: Sequence[dict[str, Any]],
+    groups: Sequence[dict[str, Any]],
+    title: str,
+) -> Path:
+    """Validation accuracy vs cost of each search run's best policy, one colour per agent.
+
+    Each setting is a point at its mean with ± std error bars over its runs (faint dots);
+    the dashed line is the Pareto front of the setting means.
+    """
+    searched = [g for g in groups if not math.isnan(g["cost_vs_8bit_mean"])]
+    agents = list(dict.fromkeys(g["agent"] for g in searched))
+    colors = {agent: plt.get_cmap("tab10")(i % 10) for i, agent in enumerate(agents)}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    labelled: set[str] = set()
+    for group in searched:
+        color = colors[group["agent"]]
+        members = [r for r in rows if r["setting"] == group["setting"] and r["cost_vs_8bit"] != ""]
+        ax.scatter(
+            [float(r["cost_vs_8bit"]) for r in members],
+            [float(r["val_accuracy"]) for r in members],
+            s=12,
+            color=color,
+            alpha=0.35,
+        )
+        ax.errorbar(
+            group["cost_vs_8bit_mean"],
+            group["val_accuracy_mean"],
+            xerr=group["cost_vs_8bit_std"],
+            yerr=group["val_accuracy_std"],
+            fmt="o",
+            markersize=7,
+            capsize=3,
+            color=color,
+            label=None if group["agent"] in labelled else group["agent"],
+        )
+        labelled.add(group["agent"])
+        if len(searched) > len(agents):  # several settings per agent: name each point
+            ax.annotate(
+                group["setting"],
+                (group["cost_vs_8bit_mean"], group["val_accuracy_mean"]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=7,
+                color=color,
+            )
+    points = [(g["cost_vs_8bit_mean"], g["val_accuracy_mean"]) for g in searched]
+    front = pareto_front(points)
+    ax.plot(
+        [points[i][0] for i in front],
+        [points[i][1] for i in front],
+        color="tab:gray",
+        ls="--",
+        lw=1,
+        drawstyle="steps-post",
+        marker="o",
+        markersize=13,
+        markerfacecolor="none",
+        label="Pareto front (means)",
+    )
+    metrics = sorted({str(r["metric"]) for r in rows if r["metric"]})
+    ax.set_xlabel(f"{', '.join(metrics)} relative to uniform 8-bit")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{title}: best policy per run, mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
+
+
+def dynamic_figure(
+    path: Path, float_losses: Tensor, relative: Tensor, title: str, bins: int = 10
+) -> Path:
+    """Left: each sample's BitOPs (relative to the static policy) against its loss under the
+    float model, with the mean per loss decile; right: the histogram of per-sample BitOPs.
+
+    Answers "do harder inputs get more bits?": a rising decile curve says yes.
+    """
+    losses = float_losses.double().clamp_min(1e-6)
+    cost = relative.double()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    jitter = (torch.rand(len(cost), generator=torch.Generator().manual_seed(0)) - 0.5) * 0.004
+    left.scatter(losses, cost + jitter, s=4, alpha=0.25, color="tab:blue", label="samples")
+    order = losses.argsort()
+    groups = [g for g in order.chunk(bins) if len(g)]
+    left.plot(
+        [float(losses[g].median()) for g in groups],
+        [float(cost[g].mean()) for g in groups],
+        color="tab:red",
+        marker="o",
+        lw=1.5,
+        label="mean per loss decile",
+    )
+    left.axhline(1.0, color="black", ls=":", lw=1, label="static policy")
+    left.set_xscale("log")
+    left.set_xlabel("float model's loss on the sample (log)")
+    left.set_ylabel("BitOPs relative to static")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="best")
+    right.hist(cost.numpy(), bins=40, color="tab:blue", alpha=0.8)
+    right.axvline(float(cost.mean()), color="tab:red", lw=1.5, label=f"mean {cost.mean():.3f}x")
+    right.axvline(1.0, color="black", ls=":", lw=1, label="static policy")
+    right.set_xlabel("BitOPs relative to static")
+    right.set_ylabel("samples")
+    right.legend(fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, path)

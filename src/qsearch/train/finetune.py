@@ -9,35 +9,28 @@ work directory, so a killed run resumes where it stopped.
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from qsearch.data import DataSplits, eval_loader, train_loader
+from qsearch.data import DataSplits, eval_loader
 from qsearch.quant.layers import QuantizerSpec, calibrate, quantize_model
 from qsearch.quant.policy import Policy
 from qsearch.quant.regularizer import PeriodicRegularizer
-from qsearch.report.progress import training_progress
 from qsearch.train.distill import distillation_loss
-from qsearch.train.float_model import EpochCallback
+from qsearch.train.fit import Monitor, TrainContext, fit, validation_row
 from qsearch.train.loop import (
+    LossFn,
+    TrainStep,
     build_optimizer,
     cosine_schedule,
     cross_entropy_loss,
     evaluate,
-    restore_epoch_state,
-    save_epoch_state,
-    train_one_epoch,
 )
 from qsearch.train.runtime import Runtime
-from qsearch.utils.io import load_torch
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,34 +53,63 @@ def build_quantized(
     return model
 
 
+class RegularizerHook:
+    """The periodic regularizer as a :class:`~qsearch.train.loop.LossHook`: lambda follows
+    the fraction of training steps done (read off the lr schedule, so it resumes too)."""
+
+    def __init__(
+        self,
+        regularizer: PeriodicRegularizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        total_steps: int,
+        device: torch.device,
+    ) -> None:
+        self.regularizer, self.scheduler = regularizer, scheduler
+        self.total_steps, self.device = total_steps, device
+
+    def __call__(self) -> torch.Tensor:
+        """``lambda(t) * mean(sin^2(pi w / s))`` at step ``t`` of training."""
+        self.regularizer.set_progress(self.scheduler.last_epoch / self.total_steps)
+        return self.regularizer().to(self.device)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """The current ``lambda`` and the unweighted sin^2 ``penalty``."""
+        penalty = float(self.regularizer.penalty().detach())
+        return {"lambda": self.regularizer.current, "penalty": penalty}
+
+
+def task_loss(float_model: nn.Module, recipe: DictConfig, runtime: Runtime) -> LossFn:
+    """Cross entropy, or distillation from ``float_model`` when ``recipe.distill.alpha > 0``."""
+    smoothing = float(recipe.label_smoothing)
+    if float(recipe.distill.alpha) <= 0:
+        return cross_entropy_loss(smoothing)
+    teacher = runtime.prepare(copy.deepcopy(float_model))
+    alpha, temperature = float(recipe.distill.alpha), float(recipe.distill.temperature)
+    return distillation_loss(teacher, alpha, temperature, smoothing)
+
+
 def finetune(
     float_model: nn.Module,
     policy: Policy,
     spec: QuantizerSpec,
-    data: DataSplits,
-    runtime: Runtime,
     recipe: DictConfig,
-    dataset_cfg: DictConfig,
-    *,
-    seed: int,
-    workdir: Path | None = None,
-    on_epoch_end: EpochCallback | None = None,
-    quiet: bool = False,
+    context: TrainContext,
+    monitor: Monitor | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``policy`` on ``float_model`` with ``recipe`` (``conf/finetune.yaml``).
 
-    With ``workdir`` set, ``workdir/last.pt`` is written after every epoch and picked up
-    again by a later call with the same arguments.
+    With ``context.workdir`` set, ``last.pt`` is written there after every epoch and picked
+    up again by a later call with the same arguments.
     """
-    torch.manual_seed(seed)
-    device = str(runtime.device)
-    model = build_quantized(float_model, policy, spec, data, runtime)
-    val, test = eval_loader(data, "val", device=device), eval_loader(data, "test", device=device)
+    torch.manual_seed(context.seed)
+    runtime = context.runtime
+    model = build_quantized(float_model, policy, spec, context.data, runtime)
+    val, test = context.eval_loader("val"), context.eval_loader("test")
     accuracy = {
         "before_val": evaluate(model, val, runtime).accuracy,
         "before_test": evaluate(model, test, runtime).accuracy,
     }
-    loader = train_loader(data, dataset_cfg, int(recipe.batch_size), seed, device)
+    loader = context.train_loader(int(recipe.batch_size))
     epochs = int(recipe.epochs)
     total_steps = max(1, epochs * len(loader))
     optimizer = build_optimizer(model, recipe)
@@ -95,82 +117,18 @@ def finetune(
     regularizer = PeriodicRegularizer(
         model, float(recipe.regularizer.lambda_max), str(recipe.regularizer.schedule)
     )
-    steps_done = 0
-
-    def regularization() -> torch.Tensor:
-        nonlocal steps_done
-        regularizer.set_progress(steps_done / total_steps)
-        steps_done += 1
-        return regularizer().to(runtime.device)
-
-    if float(recipe.distill.alpha) > 0:
-        teacher = runtime.prepare(copy.deepcopy(float_model))
-        loss_fn = distillation_loss(
-            teacher,
-            float(recipe.distill.alpha),
-            float(recipe.distill.temperature),
-            float(recipe.label_smoothing),
-        )
-    else:
-        loss_fn = cross_entropy_loss(float(recipe.label_smoothing))
-
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    resume = workdir / "last.pt" if workdir is not None else None
-    if resume is not None and resume.is_file():
-        state = load_torch(resume)
-        start_epoch, history = restore_epoch_state(state, model, optimizer, scheduler)
-        accuracy = dict(state["accuracy"])
-        steps_done = start_epoch * len(loader)
-        log.info("resuming fine-tuning at epoch %d/%d", start_epoch + 1, epochs)
-
-    with training_progress(disable=quiet) as progress:
-        task = progress.add_task(f"finetune {policy.model}", total=epochs, completed=start_epoch)
-        for epoch in range(start_epoch, epochs):
-            loader.set_epoch(epoch)
-            stats = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                scheduler,
-                runtime,
-                loss_fn=loss_fn,
-                extra_loss=regularization,
-                progress=None if quiet else progress,
-                description=f"epoch {epoch + 1}",
-            )
-            val_stats = evaluate(model, val, runtime)
-            row = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "lambda": regularizer.current,
-                "penalty": float(regularizer.penalty().detach()),
-                "train_loss": stats.loss,
-                "train_acc": stats.accuracy,
-                "val_loss": val_stats.loss,
-                "val_acc": val_stats.accuracy,
-                "seconds": stats.seconds + val_stats.seconds,
-            }
-            history.append(row)
-            if not quiet:
-                log.info(
-                    "epoch %d/%d  loss %.4f  val %.2f%%  lambda %.2g  sin2 %.3f  (%.1fs)",
-                    epoch + 1,
-                    epochs,
-                    stats.loss,
-                    val_stats.accuracy,
-                    row["lambda"],
-                    row["penalty"],
-                    row["seconds"],
-                )
-            if resume is not None:
-                save_epoch_state(
-                    resume, model, optimizer, scheduler, epoch + 1, history, accuracy=accuracy
-                )
-            progress.update(task, advance=1, loss=stats.loss, acc=val_stats.accuracy)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
-
+    hook = RegularizerHook(regularizer, scheduler, total_steps, runtime.device)
+    loss_fn = task_loss(float_model, recipe, runtime)
+    step = TrainStep(model, optimizer, scheduler, runtime, loss_fn, hook)
+    history = fit(
+        step,
+        loader,
+        epochs,
+        validation_row(model, val, runtime),
+        title=f"finetune {policy.model}",
+        resume=context.resume_file(),
+        monitor=monitor,
+    )
     accuracy["after_val"] = evaluate(model, val, runtime).accuracy
     accuracy["after_test"] = evaluate(model, test, runtime).accuracy
     return FinetuneResult(model=model, accuracy=accuracy, history=history)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,32 +25,24 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qsearch import __version__
+from qsearch.checkpoint import FLOAT_FORMAT, write_checkpoint
 from qsearch.config import freeze_config
-from qsearch.data import DataSplits, eval_loader, train_loader
+from qsearch.data import DataSplits
 from qsearch.errors import UserError
 from qsearch.models import build_model
-from qsearch.report.progress import training_progress
+from qsearch.train.fit import Monitor, ResumeFile, TrainContext, fit, validation_row
 from qsearch.train.loop import (
+    TrainStep,
     build_optimizer,
     cosine_schedule,
     cross_entropy_loss,
     evaluate,
-    restore_epoch_state,
-    save_epoch_state,
-    train_one_epoch,
 )
 from qsearch.train.runtime import Runtime
-from qsearch.utils.io import (
-    load_torch,
-    load_weights,
-    reading_checkpoint,
-    save_torch,
-    write_json,
-)
+from qsearch.utils.io import load_torch, load_weights, reading_checkpoint, write_json
 
 log = logging.getLogger(__name__)
 
-FLOAT_FORMAT = "qsearch-float/1"
 _SOURCE_KEYS_NOT_IN_IDENTITY = ("root", "download", "cache_dir")
 # augmentation options added after the first cached checkpoints: left out of the identity
 # while off, so that the checkpoints trained before them keep their keys
@@ -145,16 +137,13 @@ def load_float_weights(model: nn.Module, checkpoint: FloatCheckpoint) -> nn.Modu
     return load_weights(model, state_dict, checkpoint.path)
 
 
-EpochCallback = Callable[[int, dict[str, float]], None]
-
-
 def train_float(
     cfg: DictConfig,
     data: DataSplits,
     runtime: Runtime,
     *,
     force: bool = False,
-    on_epoch_end: EpochCallback | None = None,
+    monitor: Monitor | None = None,
 ) -> FloatCheckpoint:
     """Return the cached float checkpoint for ``cfg``, training (or resuming) it if needed."""
     directory = float_cache_dir(cfg, runtime)
@@ -165,7 +154,7 @@ def train_float(
             return read_float_checkpoint(final)
         if force:
             (directory / "last.pt").unlink(missing_ok=True)
-        return _fit(cfg, data, runtime, directory, on_epoch_end)
+        return _fit(cfg, data, runtime, directory, monitor)
 
 
 def _fit(
@@ -173,71 +162,37 @@ def _fit(
     data: DataSplits,
     runtime: Runtime,
     directory: Path,
-    on_epoch_end: EpochCallback | None,
+    monitor: Monitor | None,
 ) -> FloatCheckpoint:
+    """SGD with a cosine schedule from a seeded initialization; saves the checkpoint."""
     recipe, seed = cfg.train, float_seed(cfg)
     identity = float_identity(cfg, runtime)
     key = float_key(identity)
     torch.manual_seed(seed)
     model = runtime.prepare(build_model(cfg.model, data.info))
-    loader = train_loader(data, cfg.dataset, int(recipe.batch_size), seed, str(runtime.device))
-    val = eval_loader(data, "val", device=str(runtime.device))
+    context = TrainContext(data, runtime, cfg.dataset, seed, directory)
+    loader = context.train_loader(int(recipe.batch_size))
+    val = context.eval_loader("val")
     optimizer = build_optimizer(model, recipe)
     epochs = int(recipe.epochs)
     scheduler = cosine_schedule(
         optimizer, epochs * len(loader), int(recipe.warmup_epochs) * len(loader)
     )
-    loss_fn = cross_entropy_loss(float(recipe.label_smoothing))
-    history: list[dict[str, float]] = []
-    start_epoch, resume = 0, directory / "last.pt"
-    if resume.is_file():
-        state = load_torch(resume)
-        if state.get("key") == key:
-            start_epoch, history = restore_epoch_state(state, model, optimizer, scheduler)
-            log.info("resuming float training at epoch %d/%d", start_epoch + 1, epochs)
-
-    with training_progress() as progress:
-        epochs_task = progress.add_task(
-            f"{cfg.model.name}/{cfg.dataset.name}", total=epochs, completed=start_epoch
-        )
-        for epoch in range(start_epoch, epochs):
-            loader.set_epoch(epoch)
-            stats = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                scheduler,
-                runtime,
-                loss_fn=loss_fn,
-                progress=progress,
-                description=f"epoch {epoch + 1}",
-            )
-            val_stats = evaluate(model, val, runtime)
-            row = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": stats.loss,
-                "train_acc": stats.accuracy,
-                "val_loss": val_stats.loss,
-                "val_acc": val_stats.accuracy,
-                "seconds": stats.seconds + val_stats.seconds,
-            }
-            history.append(row)
-            log.info(
-                "epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%%  (%.1fs)",
-                epoch + 1,
-                epochs,
-                stats.loss,
-                stats.accuracy,
-                val_stats.accuracy,
-                row["seconds"],
-            )
-            save_epoch_state(resume, model, optimizer, scheduler, epoch + 1, history, key=key)
-            progress.update(epochs_task, advance=1, loss=stats.loss, acc=val_stats.accuracy)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
-
-    test = evaluate(model, eval_loader(data, "test", device=str(runtime.device)), runtime)
+    step = TrainStep(
+        model, optimizer, scheduler, runtime, cross_entropy_loss(float(recipe.label_smoothing))
+    )
+    resume = ResumeFile(directory / "last.pt", {"key": key})
+    title = f"{cfg.model.name}/{cfg.dataset.name}"
+    history = fit(
+        step,
+        loader,
+        epochs,
+        validation_row(model, val, runtime),
+        title=title,
+        resume=resume,
+        monitor=monitor,
+    )
+    test = evaluate(model, context.eval_loader("test"), runtime)
     meta = {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
@@ -251,17 +206,21 @@ def _fit(
         "qsearch_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    state_dict = {k: v.contiguous().cpu() for k, v in model.state_dict().items()}
+    checkpoint = _save_float(directory, model, cfg, meta, history)
+    resume.path.unlink(missing_ok=True)
+    return checkpoint
+
+
+def _save_float(
+    directory: Path,
+    model: nn.Module,
+    cfg: DictConfig,
+    meta: dict[str, Any],
+    history: list[dict[str, float]],
+) -> FloatCheckpoint:
+    """Write ``model.pt`` (weights, metadata, model/dataset configs) and ``metrics.json``."""
     final = directory / "model.pt"
-    save_torch(
-        final,
-        {
-            "format": FLOAT_FORMAT,
-            "meta": meta,
-            "state_dict": state_dict,
-            "config": freeze_config(cfg, ("model", "dataset")),
-        },
-    )
+    config = freeze_config(cfg, ("model", "dataset"))
+    write_checkpoint(final, FLOAT_FORMAT, model, config, meta)
     write_json(directory / "metrics.json", {**meta, "history": history})
-    resume.unlink(missing_ok=True)
     return FloatCheckpoint(path=final, meta=meta)

@@ -1,4 +1,4 @@
-"""One epoch of SGD, evaluation, and the optimizer/schedule of a training recipe."""
+"""One epoch of SGD steps, evaluation, and the optimizer/schedule of a training recipe."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -14,8 +13,8 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import Tensor, nn
 
+from qsearch.errors import UserError
 from qsearch.train.runtime import Runtime
-from qsearch.utils.io import save_torch
 
 
 class Batches(Protocol):
@@ -83,42 +82,82 @@ def cosine_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class LossHook(Protocol):
+    """An extra loss term added after every forward pass (a regularizer, a cost hinge).
+
+    ``epoch_metrics`` returns the hook's entries of the epoch's history row and starts the
+    next epoch's tally.
+    """
+
+    def __call__(self) -> Tensor: ...
+
+    def epoch_metrics(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """What one SGD step needs: model, optimizer, per-batch lr schedule, runtime, losses.
+
+    ``loss_fn`` is the task loss (cross entropy, distillation); ``extra_loss`` an optional
+    model-level term added to it (the periodic regularizer, the BitOPs hinge).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    runtime: Runtime
+    loss_fn: LossFn
+    extra_loss: LossHook | None = None
+
+
+def forward(model: nn.Module, images: Tensor, runtime: Runtime) -> Tensor:
+    """``model(images)`` under the runtime's autocast and memory format."""
+    if runtime.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with runtime.autocast():
+        return model(images)
+
+
+class TrainingDiverged(UserError):
+    """A non-finite training loss: the run stops before it takes a step on it (nothing
+    diverged is ever saved); most often the learning rate is too high."""
+
+
 def train_one_epoch(
-    model: nn.Module,
+    step: TrainStep,
     loader: Batches,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    runtime: Runtime,
     *,
-    loss_fn: LossFn,
-    extra_loss: Callable[[], Tensor] | None = None,
     max_steps: int | None = None,
     progress: Progress | None = None,
     description: str = "train",
 ) -> EpochStats:
-    """One pass over ``loader`` (or its first ``max_steps`` batches).
+    """One pass of SGD steps over ``loader`` (or its first ``max_steps`` batches).
 
-    ``extra_loss`` adds a model-level term (e.g. the periodic quantization regularizer).
-    Returns the mean task loss and the training accuracy of the batches seen.
+    Returns the mean task loss and the training accuracy (percent) of the batches seen.
+
+    Raises:
+        TrainingDiverged: a batch's loss is not finite (before its step is taken).
     """
+    model, optimizer = step.model, step.optimizer
     model.train()
     steps = len(loader) if max_steps is None else min(max_steps, len(loader))
     task = progress.add_task(description, total=steps) if progress else None
     start, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-    for step, (images, labels) in enumerate(loader):
-        if step >= steps:
+    for index, (images, labels) in enumerate(loader):
+        if index >= steps:
             break
-        if runtime.channels_last:
+        if step.runtime.channels_last:  # the loss (a teacher) sees the same layout
             images = images.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            logits = model(images)
-        loss = loss_fn(logits, labels, images)
-        total = loss + extra_loss() if extra_loss is not None else loss
+        logits = forward(model, images, step.runtime)
+        loss = step.loss_fn(logits, labels, images)
+        total = loss + step.extra_loss() if step.extra_loss is not None else loss
+        if not math.isfinite(value := float(total.detach())):
+            raise TrainingDiverged(f"the training loss became {value} at step {index + 1}")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        if step.scheduler is not None:
+            step.scheduler.step()
         batch = labels.shape[0]
         seen += batch
         loss_sum += float(loss.detach()) * batch
@@ -142,46 +181,10 @@ def evaluate(
     for batch_index, (images, labels) in enumerate(loader):
         if max_batches is not None and batch_index >= max_batches:
             break
-        if runtime.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            logits = model(images)
+        logits = forward(model, images, runtime)
         loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         correct += int((logits.argmax(1) == labels).sum())
         seen += labels.shape[0]
     return EpochStats(
         loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), time.perf_counter() - start
     )
-
-
-def save_epoch_state(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    epoch: int,
-    history: list[dict[str, float]],
-    **extra: Any,
-) -> None:
-    """Write what a killed training run needs to continue after ``epoch`` (``last.pt``)."""
-    state = {
-        "epoch": epoch,
-        "history": history,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-    }
-    save_torch(path, {**state, **extra})
-
-
-def restore_epoch_state(
-    state: Mapping[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[int, list[dict[str, float]]]:
-    """Load a :func:`save_epoch_state` blob; returns (epochs done, history so far)."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return int(state["epoch"]), list(state["history"])

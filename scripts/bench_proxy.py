@@ -1,0 +1,326 @@
+"""Proxy fidelity: does a search's cheap evaluator rank policies as the final fine-tune does?
+
+    python scripts/bench_proxy.py                          # every pair (hours on a CPU)
+    python scripts/bench_proxy.py --pairs lenet5-mnist     # one pair
+    python scripts/bench_proxy.py --pairs resnet20-cifar10 --finetune-epochs 3
+
+Per pair, a fixed seeded set of mixed W+A policies (first/last layer at 8) with BitOPs
+spread evenly from uniform W2A2's to W5A5's, plus every uniform WxA policy in that range,
+saved in benchmarks/proxy_policies.json. Ground truth: each policy's test accuracy after
+`qsearch finetune` (the product's command, seed 0), saved in
+benchmarks/proxy_ground_truth.json keyed by pair, policy and epochs, and reused: a re-run
+only fine-tunes what is missing, and a killed run keeps what finished. Proxies: the
+search's evaluator (`evaluator=retrain`) at several step counts and validation subset
+sizes, with no retraining but batch-norm statistics re-estimated (`evaluator.bn_batches`),
+and with distillation from the float model (`evaluator.distill_alpha`); each scored on the
+validation split as in a search, timed per evaluation. Output:
+benchmarks/proxy.json rows {pair, proxy, kendall_tau, spearman, top5_recall,
+seconds_per_eval, policies}, a table and scatter plots in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _bench import REPO, RESULTS_DIR, markdown_table, update_doc_section
+
+PAIRS = {
+    "lenet5-digits": ("lenet5", "digits"),  # embedded data, seconds: a smoke test of the script
+    "lenet5-mnist": ("lenet5", "mnist"),
+    "resnet20-cifar10": ("resnet20", "cifar10"),
+    "mobilenet_v2-cifar10": ("mobilenet_v2", "cifar10"),
+}
+BITS = "[2,3,4,5,6,7,8]"
+MIXED = 16  # random mixed policies per pair (--mixed)
+# name: evaluator overrides (the search's evaluator=retrain)
+PROXIES: dict[str, list[str]] = {
+    "retrain-0": ["evaluator.steps=0"],
+    "retrain-20-val1k": ["evaluator.steps=20", "evaluator.val_subset=1000"],
+    "retrain-20": ["evaluator.steps=20"],
+    "retrain-50": ["evaluator.steps=50"],
+    "retrain-100": ["evaluator.steps=100"],
+    "retrain-200": ["evaluator.steps=200"],
+    "bn-only": ["evaluator.steps=0", "evaluator.bn_batches=8"],
+    "retrain-20-bn": ["evaluator.steps=20", "evaluator.bn_batches=8"],
+    "distill-20": ["evaluator.steps=20", "evaluator.distill_alpha=0.5"],
+    "distill-50": ["evaluator.steps=50", "evaluator.distill_alpha=0.5"],
+}
+FIGURE = REPO / "docs" / "proxy_scatter.png"
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where the benchmark keeps its policy sets, ground truth and results."""
+
+    folder: Path
+
+    @property
+    def policies(self) -> Path:
+        return self.folder / "proxy_policies.json"
+
+    @property
+    def ground_truth(self) -> Path:
+        return self.folder / "proxy_ground_truth.json"
+
+    @property
+    def results(self) -> Path:
+        return self.folder / "proxy.json"
+
+
+def load_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Write through a temporary file, so a killed run never leaves half a file."""
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _overrides(pair: str) -> list[str]:
+    model, dataset = PAIRS[pair]
+    return [
+        f"model={model}",
+        f"dataset={dataset}",
+        "search.search_activations=true",
+        f"search.w_bits={BITS}",
+        f"search.a_bits={BITS}",
+        "search.pin_first_last=8",
+        "seed=0",
+    ]
+
+
+def _space(pair: str, extra: list[str] | None = None) -> tuple[Any, Any]:
+    """The composed search config and its (unbudgeted) space for ``pair``."""
+    from qsearch.commands.search import build_space
+    from qsearch.config import job_config
+    from qsearch.data import dataset_shape
+    from qsearch.models import build_model, model_inventory
+
+    cfg = job_config("search", [*_overrides(pair), *(extra or [])])
+    info = dataset_shape(cfg.dataset)
+    space = build_space(cfg, model_inventory(build_model(cfg.model, info), info))
+    return cfg, space
+
+
+def policy_rows(pair: str, files: Files, mixed: int = MIXED) -> list[dict[str, Any]]:
+    """The pair's saved policy set, drawn (seed 0) and saved on first use."""
+    from qsearch.env.fidelity import policy_set
+
+    saved = load_json(files.policies, {})
+    if pair in saved:
+        return saved[pair]
+    _, space = _space(pair)
+    n = len(space.searchable)
+
+    def cost(w: int, a: int) -> float:
+        return space.cost.total(space.policy([w] * n, [a] * n))
+
+    low, high = cost(2, 2), cost(5, 5)
+    rows = [
+        {"name": f"mixed{i:02d}", "w_bits": p.w_bits, "a_bits": p.a_bits}
+        for i, p in enumerate(policy_set(space, mixed, low, high, seed=0))
+    ]
+    for w in space.w_choices:
+        for a in space.a_choices:
+            if low <= cost(w, a) <= high:
+                policy = space.policy([w] * n, [a] * n)
+                rows.append({"name": f"W{w}A{a}", "w_bits": policy.w_bits, "a_bits": policy.a_bits})
+    for row in rows:
+        row["bitops"] = space.cost.total(space.policy(*_searched(space, row)))
+    saved[pair] = rows
+    save_json(files.policies, saved)
+    return rows
+
+
+def _searched(space: Any, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+    return (
+        [row["w_bits"][i] for i in space.searchable],
+        [row["a_bits"][i] for i in space.searchable],
+    )
+
+
+def _policy_key(row: dict[str, Any]) -> str:
+    return " ".join(f"{w}/{a}" for w, a in zip(row["w_bits"], row["a_bits"], strict=True))
+
+
+def ground_truth(
+    pair: str, rows: list[dict[str, Any]], epochs: int | None, files: Files
+) -> list[float]:
+    """Fine-tuned test accuracy of every policy, running `qsearch finetune` for the
+    missing ones (saved after each)."""
+    from qsearch.quant.policy import Policy
+
+    _, space = _space(pair)
+    model, dataset = PAIRS[pair]
+    truth = load_json(files.ground_truth, {})
+    accuracies = []
+    for i, row in enumerate(rows):
+        key = f"{pair}|{_policy_key(row)}|epochs={epochs or 'default'}"
+        if key not in truth:
+            with tempfile.TemporaryDirectory() as tmp:
+                policy_file = Path(tmp) / "policy.yaml"
+                names = [layer.name for layer in space.inventory]
+                Policy.from_bits(model, dataset, names, row["w_bits"], row["a_bits"]).save(
+                    policy_file
+                )
+                start = time.perf_counter()
+                command = [
+                    str(Path(sys.executable).parent / "qsearch"),
+                    "finetune",
+                    f"model={model}",
+                    f"dataset={dataset}",
+                    f"policy={policy_file}",
+                    "seed=0",
+                    f"hydra.run.dir={tmp}/run",
+                ]
+                if epochs is not None:
+                    command.append(f"finetune.epochs={epochs}")
+                subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+                metrics = load_json(Path(tmp) / "run" / "metrics.json", {})
+            truth[key] = {
+                "test": metrics["accuracy"]["after_test"],
+                "val": metrics["accuracy"]["after_val"],
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            save_json(files.ground_truth, truth)
+            print(f"{pair} {row['name']} ({i + 1}/{len(rows)}): {truth[key]}", flush=True)
+        accuracies.append(float(truth[key]["test"]))
+    return accuracies
+
+
+def proxy_scores(pair: str, rows: list[dict[str, Any]], proxy: str) -> tuple[list[float], float]:
+    """Each policy's score under ``proxy`` (the search's evaluator, uncached) and the mean
+    seconds per evaluation."""
+    from qsearch.commands.search import _retrain_evaluator
+    from qsearch.data import build_data
+    from qsearch.models import build_model
+    from qsearch.quant.layers import QuantizerSpec
+    from qsearch.train.float_model import load_float_weights, train_float
+    from qsearch.train.runtime import resolve_runtime
+
+    cfg, space = _space(pair, PROXIES[proxy])
+    data = build_data(cfg.dataset)
+    runtime = resolve_runtime(cfg.runtime)
+    model = build_model(cfg.model, data.info)
+    load_float_weights(model, train_float(cfg, data, runtime))
+    spec = QuantizerSpec.from_config(cfg.quantizer)
+    evaluator = _retrain_evaluator(cfg, model, data, runtime, spec)
+    evaluator.cache = None  # time every evaluation
+    scores, start = [], time.perf_counter()
+    for row in rows:
+        scores.append(evaluator(space.policy(*_searched(space, row))).accuracy)
+    return scores, (time.perf_counter() - start) / len(rows)
+
+
+def summarise(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "`python scripts/bench_proxy.py`: rank agreement of each proxy (the search's "
+        "evaluator) with the test accuracy after `qsearch finetune`, over a fixed set of "
+        "random mixed W+A policies (BitOPs from uniform W2A2's to W5A5's, "
+        "first/last at 8) plus the uniform ones in that range. Seconds per evaluation on "
+        "this machine, uncached.",
+        "",
+    ]
+    header = ["pair", "proxy", "Kendall tau", "Spearman", "top-5 recall", "s / eval", "policies"]
+    table = [
+        [
+            r["pair"],
+            r["proxy"],
+            f"{r['kendall_tau']:.2f}",
+            f"{r['spearman']:.2f}",
+            f"{r['top5_recall']:.1f}",
+            f"{r['seconds_per_eval']:.2f}",
+            r["policies"],
+        ]
+        for r in results
+    ]
+    lines += [markdown_table(header, table), "", "![proxy vs fine-tuned](proxy_scatter.png)"]
+    return "\n".join(lines)
+
+
+def figure(panels: dict[tuple[str, str], tuple[list[float], list[float]]]) -> None:
+    """Proxy score against fine-tuned test accuracy, a panel per (pair, proxy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.0 * rows), squeeze=False)
+    for ax, ((pair, proxy), (truth, scores)) in zip(axes.flat, panels.items(), strict=False):
+        ax.scatter(truth, scores, s=14)
+        ax.set_title(f"{pair}\n{proxy}", fontsize=8)
+        ax.set_xlabel("fine-tuned test %", fontsize=8)
+        ax.set_ylabel("proxy val %", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(FIGURE, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    from qsearch.env.fidelity import fidelity
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=PAIRS)
+    parser.add_argument("--proxies", nargs="+", default=list(PROXIES), choices=PROXIES)
+    parser.add_argument("--mixed", type=int, default=MIXED, help="mixed policies per pair")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR, help="results folder (not benchmarks/: no doc)"
+    )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=None,
+        help="fine-tune epochs of the ground truth",
+    )
+    args = parser.parse_args()
+    files = Files(args.out)
+    kept = load_json(files.results, [])
+    results, panels = [], {}
+    for pair in args.pairs:
+        rows = policy_rows(pair, files, args.mixed)
+        truth = ground_truth(pair, rows, args.finetune_epochs, files)
+        for proxy in args.proxies:
+            scores, seconds = proxy_scores(pair, rows, proxy)
+            score = fidelity(truth, scores)
+            result = {
+                "pair": pair,
+                "proxy": proxy,
+                "kendall_tau": round(score.kendall_tau, 4),
+                "spearman": round(score.spearman, 4),
+                "top5_recall": score.top5_recall,
+                "seconds_per_eval": round(seconds, 3),
+                "policies": score.policies,
+                "finetune_epochs": args.finetune_epochs,
+                "truth_spread": round(float(np.ptp(truth)), 2),
+            }
+            print(result, flush=True)
+            results.append(result)
+            panels[(pair, proxy)] = (truth, scores)
+    fresh = {(r["pair"], r["proxy"]) for r in results}
+    merged = [r for r in kept if (r["pair"], r["proxy"]) not in fresh] + results
+    save_json(files.results, merged)
+    if files.folder.resolve() == RESULTS_DIR.resolve():
+        figure(panels)
+        update_doc_section("proxy", summarise(merged))
+
+
+if __name__ == "__main__":
+    main()
