@@ -139,10 +139,12 @@ def references(landscape: str) -> dict[str, Any]:
 def save_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Merge ``rows`` into benchmarks/agents.json (replacing rows with the same key) and
     return the whole table."""
+    from qsearch.utils.io import write_text
+
     kept = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     fresh = {_key(row) for row in rows}
     merged = sorted([row for row in kept if _key(row) not in fresh] + rows, key=_key)
-    RESULTS.write_text(json.dumps(merged, indent=1) + "\n")
+    write_text(RESULTS, json.dumps(merged, indent=1) + "\n")  # atomic: a kill keeps the file
     return merged
 
 

@@ -82,11 +82,11 @@ def load_json(path: Path, default: Any) -> Any:
 
 
 def save_json(path: Path, data: Any) -> None:
-    """Write through a temporary file, so a killed run never leaves half a file."""
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    """Write atomically, so a killed run never leaves half a file."""
+    from qsearch.utils.io import write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _overrides(pair: str) -> list[str]:
