@@ -233,6 +233,15 @@ CASES: list[Fault] = [
         "diverged in epoch 1/2",
         slow=True,
     ),
+    Fault(
+        "every search retraining diverges",
+        ("search", "agent=random", "budget.evaluations=3", "evaluator.lr=1e30"),
+        2,
+        "the retraining of all 3 evaluated policies diverged",
+        keeps_run_dir=True,  # evaluations.csv records the diverged policies
+        covered_by="tests/test_console.py::"
+        "test_search_where_every_retraining_diverges_fails_in_one_line",
+    ),
     # item 4: a run dir that cannot be written
     Fault(
         "run dir under a file",

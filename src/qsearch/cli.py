@@ -31,6 +31,7 @@ from qsearch import __version__
 from qsearch.commands import COMMANDS
 from qsearch.config import compose_config, config_dir
 from qsearch.errors import USER_ERROR_EXIT_CODE, UserError
+from qsearch.utils.logs import quiet_console
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,7 @@ def _hydra_app(command: str, task: Callable[[DictConfig], object]) -> Callable[[
     def app(cfg: DictConfig) -> None:
         from qsearch.sweep_jobs import finish_sweep_job, start_sweep_job  # imports torch
 
+        quiet_console(bool(cfg.get("verbose", False)))
         try:
             if start_sweep_job(cfg):
                 return

@@ -190,12 +190,12 @@ def _finish(
     """After the agent: warnings, the uniform references, the feasibility check, results."""
     space, evaluator, float_accuracy = recorder.space, scorer.evaluator, scorer.float_accuracy
     note = _learning_warnings(agent, recorder)
+    _check_best(recorder, cfg.budget.cost_fraction, reference_cost, out)
     references = {
         f"W{bits}": recorder.evaluate(space.uniform(bits), reference=True)
         for bits in cfg.search.reference_bits
         if bits in space.w_choices
     }
-    _check_best(recorder, cfg.budget.cost_fraction, reference_cost, out)
     extras: dict[str, Any] = {"agent_warning": note}
     if isinstance(evaluator, SyntheticLandscape):
         extras["synthetic"] = _synthetic_summary(evaluator, recorder)
@@ -260,6 +260,11 @@ def _check_best(
     best = recorder.best
     if best is None:
         raise UserError("the search evaluated no policy (budget.evaluations too small?)")
+    if recorder.diverged == recorder.used:
+        raise UserError(
+            f"the retraining of all {recorder.used} evaluated policies diverged (evaluator.lr "
+            f"is the likely cause): no policy.yaml written; see {out / 'evaluations.csv'}"
+        )
     if not best.feasible:
         raise UserError(
             f"no evaluated policy meets the cost budget ({recorder.used} evaluated, the "
@@ -376,6 +381,7 @@ def _summary(outcome: SearchOutcome, dominating: list[str]) -> dict[str, Any]:
         "float_test_accuracy": outcome.float_meta["test_acc"],
         "references": {k: _row(v, reference_cost) for k, v in outcome.references.items()},
         "evaluations": recorder.used,
+        "diverged": recorder.diverged,
         "episodes": recorder.episode,
         "stopped_by": "budget" if recorder.exhausted else "agent (no new policies)",
         "metric": outcome.space.cost.metric,

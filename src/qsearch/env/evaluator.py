@@ -106,8 +106,10 @@ class EvalCache:
     def get(self, key: str) -> dict[str, float] | None:
         return self.entries.get(key)
 
-    def put(self, key: str, accuracy: float, seconds: float) -> None:
-        entry = {"key": key, "accuracy": accuracy, "seconds": seconds}
+    def put(self, key: str, accuracy: float, seconds: float, diverged: bool = False) -> None:
+        entry: dict[str, Any] = {"key": key, "accuracy": accuracy, "seconds": seconds}
+        if diverged:
+            entry["diverged"] = True
         self.entries[key] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -119,11 +121,13 @@ class EvalCache:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Validation accuracy (%) of a policy, the seconds it took, and whether it was cached."""
+    """Validation accuracy (%) of a policy, the seconds it took, whether it was cached, and
+    whether its retraining diverged (then ``accuracy`` is chance)."""
 
     accuracy: float
     seconds: float
     cached: bool
+    diverged: bool = False
 
 
 class PolicyEvaluator:
@@ -197,17 +201,27 @@ class PolicyEvaluator:
         key = policy.key()
         if self.cache is not None and (entry := self.cache.get(key)) is not None:
             self.hits += 1
-            return EvalResult(float(entry["accuracy"]), float(entry["seconds"]), cached=True)
+            accuracy, seconds = float(entry["accuracy"]), float(entry["seconds"])
+            return EvalResult(accuracy, seconds, cached=True, diverged=bool(entry.get("diverged")))
         start = time.perf_counter()
-        accuracy = self._retrain_and_evaluate(policy)
+        try:
+            accuracy, diverged = self._retrain_and_evaluate(policy), False
+        except TrainingDiverged as exc:
+            accuracy, diverged = 100.0 / self.data.info.num_classes, True
+            log.warning("%s: retraining diverged (%s); scored at chance", key, exc)
         seconds = time.perf_counter() - start
         self.misses += 1
         self.seconds += seconds
         if self.cache is not None:
-            self.cache.put(key, accuracy, seconds)
-        return EvalResult(accuracy, seconds, cached=False)
+            self.cache.put(key, accuracy, seconds, diverged)
+        return EvalResult(accuracy, seconds, cached=False, diverged=diverged)
 
     def _retrain_and_evaluate(self, policy: Policy) -> float:
+        """Accuracy (%) after the short retraining.
+
+        Raises:
+            TrainingDiverged: the retraining loss became non-finite.
+        """
         torch.manual_seed(self.seed)
         model = quantize_model(copy.deepcopy(self.float_model), policy, self.spec)
         model = self.runtime.prepare(model)
@@ -227,16 +241,11 @@ class PolicyEvaluator:
             while done < steps:
                 self.train_loader.set_epoch(epoch)
                 batch_steps = min(steps - done, len(self.train_loader))
-                try:
-                    train_one_epoch(
-                        TrainStep(model, optimizer, scheduler, self.runtime, loss_fn),
-                        self.train_loader,
-                        max_steps=batch_steps,
-                    )
-                except TrainingDiverged as exc:
-                    chance = 100.0 / self.data.info.num_classes
-                    log.warning("%s: retraining diverged (%s); scored at chance", policy.key(), exc)
-                    return chance
+                train_one_epoch(
+                    TrainStep(model, optimizer, scheduler, self.runtime, loss_fn),
+                    self.train_loader,
+                    max_steps=batch_steps,
+                )
                 done += batch_steps
                 epoch += 1
         if self.retrain.bn_batches > 0:

@@ -44,6 +44,7 @@ class Evaluation:
     cached: bool
     reference: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
+    diverged: bool = False  # its retraining diverged: accuracy is chance
 
     @property
     def rank(self) -> tuple[bool, float, float]:
@@ -134,7 +135,7 @@ class SearchRecorder:
         if resume:
             self._reload()
         for path, fields in (
-            (self.evaluations_csv, _EVAL_FIELDS + self.metric_names),
+            (self.evaluations_csv, [*_EVAL_FIELDS, *self.metric_names, "diverged"]),
             (self.episodes_csv, _EPISODE_FIELDS),
         ):
             if not path.is_file():
@@ -177,6 +178,7 @@ class SearchRecorder:
             cached=result.cached,
             reference=reference,
             metrics=self.space.cost.metrics(policy),
+            diverged=result.diverged,
         )
         self.seen[key] = evaluation
         if not reference:
@@ -199,6 +201,7 @@ class SearchRecorder:
                 evaluation.cached,
                 reference,
                 *(f"{evaluation.metrics[name]:.6g}" for name in self.metric_names),
+                evaluation.diverged,
             ],
         )
         if self.on_evaluation is not None:
@@ -237,6 +240,11 @@ class SearchRecorder:
             self.best.a_bits,
         )
 
+    @property
+    def diverged(self) -> int:
+        """How many evaluations charged to the budget diverged in retraining."""
+        return sum(e.diverged for e in self.seen.values() if not e.reference)
+
     def searched(self) -> list[Evaluation]:
         """Evaluations charged to the budget (references excluded), in order."""
         return [e for e in self.seen.values() if not e.reference]
@@ -268,6 +276,7 @@ class SearchRecorder:
                             seconds=float(row["seconds"]),
                             cached=row["cached"] == "True",
                             reference=row["reference"] == "True",
+                            diverged=row.get("diverged") == "True",
                         )
                     except (AttributeError, KeyError, TypeError, ValueError):
                         continue  # a line torn by the crash

@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from qsearch.env.recorder import Evaluation, SearchRecorder
+from qsearch.utils.logs import DETAIL
 
 log = logging.getLogger("qsearch.search")
 
@@ -47,10 +48,10 @@ class SearchMonitor:
             TextColumn("evaluations"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[episodes]} episodes"),
+            TextColumn("{task.fields[episodes]} episodes{task.fields[diverged]}"),
             console=console,
         )
-        self.task = self.progress.add_task("search", total=budget, episodes=0)
+        self.task = self.progress.add_task("search", total=budget, episodes=0, diverged="")
         self.live = Live(
             Group(self.progress, self._table(None)),
             console=console,
@@ -70,6 +71,8 @@ class SearchMonitor:
         tb: TracebackType | None,
     ) -> None:
         self.live.__exit__(exc_type, exc, tb)
+        if not self.live.console.is_terminal:
+            self.live.console.line()  # rich ends the last render with a newline on terminals only
 
     def _table(self, best: Evaluation | None) -> Table:
         table = Table(title="best so far", title_justify="left")
@@ -94,7 +97,11 @@ class SearchMonitor:
         return table
 
     def update(self, evaluation: Evaluation, recorder: SearchRecorder) -> None:
-        self.progress.update(self.task, completed=recorder.used, episodes=recorder.episode)
+        diverged = recorder.diverged
+        note = f", [red]{diverged} diverged (scored at chance)[/]" if diverged else ""
+        self.progress.update(
+            self.task, completed=recorder.used, episodes=recorder.episode, diverged=note
+        )
         best = recorder.best
         key = (best.w_bits, best.a_bits) if best is not None else None
         if best is not None and key != self._best_key:
@@ -107,4 +114,5 @@ class SearchMonitor:
                 self.metric,
                 best.cost / self.reference_cost,
                 bits_text(best.w_bits),
+                extra=DETAIL,
             )

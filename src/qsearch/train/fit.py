@@ -26,6 +26,7 @@ from qsearch.data import DataSplits, TensorLoader, eval_loader, train_loader
 from qsearch.train.loop import Batches, TrainingDiverged, TrainStep, evaluate, train_one_epoch
 from qsearch.train.runtime import Runtime
 from qsearch.utils.io import load_torch, save_torch
+from qsearch.utils.logs import DETAIL
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def fit(
             raise _diverged(exc, title, epoch, epochs, resume) from exc
         history.append(row)
         if monitor.log:
-            log.info("epoch %d/%d  %s", epoch + 1, epochs, _describe(row))
+            log.info("epoch %d/%d  %s", epoch + 1, epochs, _describe(row), extra=DETAIL)
         if resume is not None:
             resume.save(step, epoch + 1, history)
         if progress is not None and task is not None:
@@ -160,6 +161,10 @@ def fit(
             monitor.on_epoch_end(epoch, row)
     if progress is not None and task is not None:
         progress.remove_task(task)
+    if monitor.log and len(history) > start:
+        seconds = sum(row["seconds"] for row in history[start:])
+        last = _describe(history[-1], seconds=False)
+        log.info("%s: %d epochs in %.1fs; last epoch  %s", title, epochs - start, seconds, last)
     return history
 
 
@@ -200,10 +205,11 @@ def _epoch(
     return {**row, **validation, "seconds": time.perf_counter() - start}
 
 
-def _describe(row: Mapping[str, float]) -> str:
+def _describe(row: Mapping[str, float], seconds: bool = True) -> str:
     """One log line of a history row: losses, accuracies, the hook's terms, seconds."""
     parts = [f"loss {row['train_loss']:.4f}", f"train {row['train_acc']:.2f}%"]
     parts.append(f"val {row['val_acc']:.2f}%")
     shown = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
     parts += [f"{key} {value:.4g}" for key, value in row.items() if key not in shown]
-    return "  ".join(parts) + f"  ({row['seconds']:.1f}s)"
+    text = "  ".join(parts)
+    return f"{text}  ({row['seconds']:.1f}s)" if seconds else text
