@@ -65,18 +65,28 @@ def _git_commit() -> str | None:
     return out.stdout.strip()
 
 
+def write_json_file(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically: a killed run never leaves half a file."""
+    from qsearch.utils.io import write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+    return path
+
+
+def read_json_file(path: Path, default: Any) -> Any:
+    """The JSON in ``path``, or ``default`` when there is no such file."""
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
 def save_json(name: str, results: dict[str, Any]) -> Path:
     """Write ``benchmarks/<name>.json`` (results plus machine facts)."""
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **results}, indent=2, default=str) + "\n")
-    return path
+    return write_json_file(RESULTS_DIR / f"{name}.json", {"machine": machine(), **results})
 
 
 def load_json(name: str) -> dict[str, Any]:
     """The saved ``benchmarks/<name>.json`` (``{}`` when there is none yet)."""
-    path = RESULTS_DIR / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json_file(RESULTS_DIR / f"{name}.json", {})
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

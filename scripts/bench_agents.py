@@ -24,7 +24,6 @@ regret-vs-evaluations figure to ``docs/benchmarks.md`` and ``docs/agents_regret.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -37,9 +36,19 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import DOC, REPO, RESULTS_DIR, markdown_table, update_doc_section
+from _bench import (
+    DOC,
+    REPO,
+    RESULTS_DIR,
+    markdown_table,
+    read_json_file,
+    update_doc_section,
+    write_json_file,
+)
+from qsearch.config import group_options
 
-AGENTS = ("haq", "releq", "hawq", "bayes", "random")
+# Every search agent of conf/agent/ (uniform is the baseline the table states separately).
+AGENTS = tuple(name for name in group_options("agent") if name != "uniform")
 LANDSCAPES = {"resnet20": ("resnet20", "cifar10"), "mobilenet_v2": ("mobilenet_v2", "cifar10")}
 EVALUATIONS = (25, 50, 100, 200, 500)
 NOISES = (0.0, 0.5)
@@ -113,7 +122,7 @@ def references(landscape: str) -> dict[str, Any]:
     """The optimum and the best uniform WxA policy within the budget (noiseless)."""
     from qsearch.agents.landscape import landscape_space
 
-    _, space, synthetic, _ = landscape_space(
+    _, space, synthetic = landscape_space(
         _overrides(Job("random", landscape, 0.0, 0, 1, 1)), (3, 3)
     )
     optimum, policy = synthetic.optimum()
@@ -139,12 +148,10 @@ def references(landscape: str) -> dict[str, Any]:
 def save_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Merge ``rows`` into benchmarks/agents.json (replacing rows with the same key) and
     return the whole table."""
-    from qsearch.utils.io import write_text
-
-    kept = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    kept = read_json_file(RESULTS, [])
     fresh = {_key(row) for row in rows}
     merged = sorted([row for row in kept if _key(row) not in fresh] + rows, key=_key)
-    write_text(RESULTS, json.dumps(merged, indent=1) + "\n")  # atomic: a kill keeps the file
+    write_json_file(RESULTS, merged)  # atomic: a kill keeps the file
     return merged
 
 
@@ -313,7 +320,7 @@ def main() -> None:
         for seed in range(args.seeds)
     ]
     if args.skip_done and RESULTS.is_file():
-        done = {_key(row) for row in json.loads(RESULTS.read_text())}
+        done = {_key(row) for row in read_json_file(RESULTS, [])}
         jobs = [
             job
             for job in jobs
@@ -338,7 +345,7 @@ def main() -> None:
             print(f"{agent}: median regret at 200 evaluations {_median(final)}")
     if args.no_save:
         return
-    rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    rows = read_json_file(RESULTS, [])
     refs = {name: references(name) for name in sorted({r["landscape"] for r in rows})}
     figure(rows, refs)
     update_doc_section("agents", summarise(rows, refs))

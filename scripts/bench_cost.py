@@ -17,11 +17,10 @@ from collections.abc import Callable
 
 from _bench import markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
-from qsearch.data import dataset_shape
 from qsearch.hardware import CostModel, build_cost_model, cost_table, preset_names
-from qsearch.models import build_model, model_inventory
 from qsearch.models.inventory import LayerInfo
 from qsearch.quant.policy import Policy
+from qsearch.setup import Setup
 
 MODELS = ("mobilenet_v2", "resnet20")
 DATASET = "cifar10"
@@ -31,9 +30,7 @@ Rule = Callable[[LayerInfo], tuple[int, int]]
 
 
 def inventory(model: str) -> list[LayerInfo]:
-    cfg = job_config("cost", [f"model={model}", f"dataset={DATASET}"])
-    info = dataset_shape(cfg.dataset)
-    return model_inventory(build_model(cfg.model, info), info)
+    return Setup.from_config(job_config("cost", [f"model={model}", f"dataset={DATASET}"])).inventory
 
 
 def policy(model: str, layers: list[LayerInfo], rule: Rule) -> Policy:

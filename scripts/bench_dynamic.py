@@ -35,19 +35,17 @@ from omegaconf import DictConfig
 
 from _bench import load_json, markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
-from qsearch.data import DataSplits, build_data, eval_loader
+from qsearch.data import DataSplits, eval_loader
 from qsearch.dynamic.report import hardness
 from qsearch.dynamic.settings import DynamicSettings, plan_dynamic
 from qsearch.dynamic.train import DynamicSetup, evaluate_dynamic, per_sample_losses, train_dynamic
 from qsearch.errors import UserError
-from qsearch.models import build_model, model_inventory
-from qsearch.quant.layers import QuantizerSpec
-from qsearch.quant.policy import resolve_policy
+from qsearch.setup import Setup
 from qsearch.train.finetune import finetune
 from qsearch.train.fit import Monitor, TrainContext
-from qsearch.train.float_model import float_cache_dir, load_float_weights, train_float
 from qsearch.train.loop import evaluate
-from qsearch.train.runtime import Runtime, resolve_runtime
+from qsearch.train.recipe import DynamicRecipe, FinetuneRecipe
+from qsearch.train.runtime import Runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,32 +107,22 @@ def run_pair(name: str, seed: int, methods: list[str]) -> Iterator[tuple[str, di
     ``(method, result row)`` as each finishes."""
     pair = PAIRS[name]
     dynamic_cfg, static_cfg = _configs(pair)
-    runtime = resolve_runtime(dynamic_cfg.runtime)
-    if not (float_cache_dir(dynamic_cfg, runtime) / "model.pt").is_file():
+    setup = Setup.from_config(dynamic_cfg)
+    runtime = setup.runtime
+    checkpoint = setup.cached_float_checkpoint()
+    if checkpoint is None:
         reason = f"no cached float checkpoint (`qsearch train model={pair.model} ...`)"
         yield from ((m, {"skipped": reason}) for m in methods)
         return
     try:
-        full = build_data(dynamic_cfg.dataset)
+        full = setup.data
     except UserError as exc:
         yield from ((m, {"skipped": str(exc)}) for m in methods)
         return
     data = _subset(full, pair.train_subset, VAL_SUBSET, seed=0)
     test = eval_loader(full, "test", device=str(runtime.device))
-    float_model = build_model(dynamic_cfg.model, full.info)
-    checkpoint = train_float(dynamic_cfg, full, runtime)
-    load_float_weights(float_model, checkpoint)
-    inventory = model_inventory(float_model, full.info)
-    policy = resolve_policy(
-        None,
-        pair.bits,
-        pair.bits,
-        model=pair.model,
-        dataset=pair.dataset,
-        inventory=inventory,
-        pin_first_last=dynamic_cfg.pin_first_last,
-    )
-    spec = QuantizerSpec.from_config(dynamic_cfg.quantizer)
+    float_model, inventory = setup.float_model, setup.inventory
+    policy, spec = setup.policy(), setup.spec  # uniform pair.bits (w_bits= / a_bits=)
     common = {
         "pair": name,
         "seed": seed,
@@ -161,7 +149,14 @@ def run_pair(name: str, seed: int, methods: list[str]) -> Iterator[tuple[str, di
 
 def _static(float_model, policy, spec, data, runtime, cfg, test, seed: int) -> dict[str, Any]:
     context = TrainContext(data, runtime, cfg.dataset, seed)
-    result = finetune(float_model, policy, spec, cfg.finetune, context, Monitor(log=False))
+    result = finetune(
+        float_model,
+        policy,
+        spec,
+        FinetuneRecipe.from_config(cfg.finetune),
+        context,
+        Monitor(log=False),
+    )
     return {"test_acc": evaluate(result.model, test, runtime).accuracy, "relative_bitops": 1.0}
 
 
@@ -172,7 +167,9 @@ def _dynamic(
     plan = plan_dynamic(policy, settings, spec, static_last=cfg.pin_first_last is not None)
     setup = DynamicSetup(inventory, policy, plan, spec, settings)
     context = TrainContext(data, runtime, cfg.dataset, seed)
-    result = train_dynamic(float_model, setup, cfg.finetune, context, Monitor(log=False))
+    result = train_dynamic(
+        float_model, setup, DynamicRecipe.from_config(cfg.finetune), context, Monitor(log=False)
+    )
     measured = evaluate_dynamic(result.model, test, runtime)
     shares = measured.choices.flatten()
     return {

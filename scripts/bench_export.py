@@ -21,20 +21,18 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import Tensor
 
 from _bench import markdown_table, save_json, update_doc_section
 from qsearch.checkpoint import save_quantized
 from qsearch.config import job_config
-from qsearch.data import build_data, dataset_shape, eval_loader
+from qsearch.data import eval_loader
 from qsearch.errors import UserError
 from qsearch.export.onnx_export import check_onnxruntime, export_onnx, onnxruntime_available
 from qsearch.export.qpack import decode_qpack, encode_qpack
-from qsearch.models import build_model, model_inventory
-from qsearch.quant.layers import QuantizerSpec, calibrate, quantize_model
+from qsearch.quant.layers import calibrate, quantize_model
 from qsearch.quant.policy import Policy
-from qsearch.train.float_model import float_cache_dir, load_float_weights, read_float_checkpoint
-from qsearch.train.runtime import resolve_runtime
+from qsearch.setup import Setup
 
 MIXED = "mixed (8, then 2-3-4 cycling, 8; acts 8-4-8)"
 CASES = [  # (model, dataset, policy): uniform bits, or MIXED
@@ -59,21 +57,18 @@ def _policy(model: str, dataset: str, names: list[str], bits: int | str) -> Poli
     return Policy.from_bits(model, dataset, names, w_bits, [8, *(4 for _ in middle), 8])
 
 
-def _load_float_weights(model: nn.Module, cfg: DictConfig) -> str:
-    """Load the cached float checkpoint into ``model`` if there is one; say which."""
-    path = float_cache_dir(cfg, resolve_runtime(cfg.runtime)) / "model.pt"
-    if not path.is_file():
-        return "random"
-    load_float_weights(model, read_float_checkpoint(path))
-    return "trained"
+def _load_float_weights(setup: Setup) -> str:
+    """Load the cached float checkpoint into ``setup.float_model`` if there is one (never
+    train one: sizes do not depend on the weights); say which."""
+    return "random" if setup.cached_float_checkpoint() is None else "trained"
 
 
-def _images(cfg: DictConfig, count: int = 32) -> tuple[Tensor, str]:
+def _images(setup: Setup, count: int = 32) -> tuple[Tensor, str]:
     """``count`` normalized test images, or random inputs if the data is not prepared."""
     try:
-        data = build_data(cfg.dataset)
+        data = setup.data
     except UserError:
-        info = dataset_shape(cfg.dataset)
+        info = setup.info
         shape = (count, info.in_channels, info.image_size, info.image_size)
         return torch.randn(shape, generator=torch.Generator().manual_seed(0)), "random"
     images, _ = next(iter(eval_loader(data, "test", batch_size=count)))
@@ -83,14 +78,14 @@ def _images(cfg: DictConfig, count: int = 32) -> tuple[Tensor, str]:
 def case_row(model_name: str, dataset: str, bits: int | str) -> dict:
     """Sizes of one model + policy as qpack (and checkpoint), and its ONNX check."""
     cfg = _config(model_name, dataset)
-    info = dataset_shape(cfg.dataset)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, info)
-    weights = _load_float_weights(model, cfg)
-    names = [layer.name for layer in model_inventory(model, info)]
+    torch.manual_seed(0)  # the weights where no float checkpoint is cached
+    setup = Setup.from_config(cfg)
+    model = setup.float_model
+    weights = _load_float_weights(setup)
+    names = [layer.name for layer in setup.inventory]
     policy = _policy(model_name, dataset, names, bits)
-    quantize_model(model, policy, QuantizerSpec.from_config(cfg.quantizer))
-    images, inputs = _images(cfg)
+    quantize_model(model, policy, setup.spec)
+    images, inputs = _images(setup)
     calibrate(model, images)
     model.eval()
     encoded = encode_qpack(model, policy, cfg)

@@ -21,7 +21,6 @@ seconds_per_eval, policies}, a table and scatter plots in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from _bench import REPO, RESULTS_DIR, markdown_table, update_doc_section
+from _bench import read_json_file as load_json
+from _bench import write_json_file as save_json
 
 PAIRS = {
     "lenet5-digits": ("lenet5", "digits"),  # embedded data, seconds: a smoke test of the script
@@ -77,18 +78,6 @@ class Files:
         return self.folder / "proxy.json"
 
 
-def load_json(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else default
-
-
-def save_json(path: Path, data: Any) -> None:
-    """Write atomically, so a killed run never leaves half a file."""
-    from qsearch.utils.io import write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(data, indent=1) + "\n")
-
-
 def _overrides(pair: str) -> list[str]:
     model, dataset = PAIRS[pair]
     return [
@@ -103,16 +92,14 @@ def _overrides(pair: str) -> list[str]:
 
 
 def _space(pair: str, extra: list[str] | None = None) -> tuple[Any, Any]:
-    """The composed search config and its (unbudgeted) space for ``pair``."""
+    """The :class:`~qsearch.setup.Setup` of ``pair``'s search config and its (unbudgeted)
+    space."""
     from qsearch.commands.search import build_space
     from qsearch.config import job_config
-    from qsearch.data import dataset_shape
-    from qsearch.models import build_model, model_inventory
+    from qsearch.setup import Setup
 
-    cfg = job_config("search", [*_overrides(pair), *(extra or [])])
-    info = dataset_shape(cfg.dataset)
-    space = build_space(cfg, model_inventory(build_model(cfg.model, info), info))
-    return cfg, space
+    setup = Setup.from_config(job_config("search", [*_overrides(pair), *(extra or [])]))
+    return setup, build_space(setup.cfg, setup.inventory)
 
 
 def policy_rows(pair: str, files: Files, mixed: int = MIXED) -> list[dict[str, Any]]:
@@ -204,20 +191,11 @@ def ground_truth(
 def proxy_scores(pair: str, rows: list[dict[str, Any]], proxy: str) -> tuple[list[float], float]:
     """Each policy's score under ``proxy`` (the search's evaluator, uncached) and the mean
     seconds per evaluation."""
-    from qsearch.commands.search import _retrain_evaluator
-    from qsearch.data import build_data
-    from qsearch.models import build_model
-    from qsearch.quant.layers import QuantizerSpec
-    from qsearch.train.float_model import load_float_weights, train_float
-    from qsearch.train.runtime import resolve_runtime
+    from qsearch.commands.search import retrain_evaluator
 
-    cfg, space = _space(pair, PROXIES[proxy])
-    data = build_data(cfg.dataset)
-    runtime = resolve_runtime(cfg.runtime)
-    model = build_model(cfg.model, data.info)
-    load_float_weights(model, train_float(cfg, data, runtime))
-    spec = QuantizerSpec.from_config(cfg.quantizer)
-    evaluator = _retrain_evaluator(cfg, model, data, runtime, spec)
+    setup, space = _space(pair, PROXIES[proxy])
+    setup.float_checkpoint()
+    evaluator = retrain_evaluator(setup)
     evaluator.cache = None  # time every evaluation
     scores, start = [], time.perf_counter()
     for row in rows:

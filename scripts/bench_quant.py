@@ -26,16 +26,14 @@ import torch
 
 from _bench import load_json, markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
-from qsearch.data import build_data, train_loader
+from qsearch.data import train_loader
 from qsearch.errors import UserError
-from qsearch.models import build_model, model_inventory
 from qsearch.quant.layers import QuantizerSpec
-from qsearch.quant.policy import resolve_policy
+from qsearch.setup import Setup
 from qsearch.train.finetune import build_quantized, finetune
 from qsearch.train.fit import TrainContext
-from qsearch.train.float_model import load_float_weights, train_float
 from qsearch.train.loop import TrainStep, build_optimizer, cross_entropy_loss, train_one_epoch
-from qsearch.train.runtime import resolve_runtime
+from qsearch.train.recipe import FinetuneRecipe
 
 # case name: (model, dataset, w_bits, a_bits, regularizer on, target loss in points or None)
 CASES = {
@@ -68,30 +66,20 @@ def finetune_case(name: str, resnet_epochs: int | None, seed: int) -> dict:
         overrides.append("runtime.compile=true")  # ~2x faster LSQ steps (see overhead table)
         if resnet_epochs is not None:
             overrides.append(f"finetune.epochs={resnet_epochs}")
-    cfg = job_config("finetune", overrides)
+    setup = Setup.from_config(job_config("finetune", overrides))
+    cfg, runtime = setup.cfg, setup.runtime
     try:
-        data = build_data(cfg.dataset)
+        data = setup.data
     except UserError as exc:
         return {"case": name, "skipped": str(exc)}
-    runtime = resolve_runtime(cfg.runtime)
-    float_model = build_model(cfg.model, data.info)
-    checkpoint = train_float(cfg, data, runtime)
-    load_float_weights(float_model, checkpoint)
-    policy = resolve_policy(
-        None,
-        w,
-        a,
-        model=model_name,
-        dataset=dataset,
-        inventory=model_inventory(float_model, data.info),
-        pin_first_last=cfg.pin_first_last,
-    )
+    checkpoint = setup.float_checkpoint()
+    policy = setup.policy()  # uniform w/a bits (w_bits= / a_bits=)
     start = time.perf_counter()
     result = finetune(
-        float_model,
+        setup.float_model,
         policy,
-        QuantizerSpec.from_config(cfg.quantizer),
-        cfg.finetune,
+        setup.spec,
+        FinetuneRecipe.from_config(cfg.finetune),
         TrainContext(data, runtime, cfg.dataset, seed),
     )
     float_test = checkpoint.meta["test_acc"]
@@ -137,29 +125,20 @@ def overhead_row(model_name: str, dataset: str, precision: str, compiled: bool) 
             f"runtime.compile={compiled}",
         ],
     )
+    torch.manual_seed(0)  # the float model's initialization
+    setup = Setup.from_config(cfg)
+    runtime = setup.runtime
     try:
-        data = build_data(cfg.dataset)
+        data = setup.data
     except UserError as exc:
         return {"case": case, "skipped": str(exc)}
-    runtime = resolve_runtime(cfg.runtime)
-    torch.manual_seed(0)
-    float_model = build_model(cfg.model, data.info)
-    policy = resolve_policy(
-        None,
-        4,
-        4,
-        model=model_name,
-        dataset=dataset,
-        inventory=model_inventory(float_model, data.info),
-        pin_first_last=cfg.pin_first_last,
-    )
-    quantized = build_quantized(
-        float_model, policy, QuantizerSpec.from_config(cfg.quantizer), data, runtime
-    )
-    float_model = runtime.prepare(float_model)
+    quantized = build_quantized(setup.float_model, setup.policy(), setup.spec, data, runtime)
+    float_model = runtime.prepare(setup.float_model)
     batch = next(iter(train_loader(data, cfg.dataset, 128, 0, str(runtime.device))))
     models = {"float": float_model, "lsq": quantized}
-    optimizers = {k: build_optimizer(m, cfg.finetune) for k, m in models.items()}
+    optimizers = {
+        k: build_optimizer(m, FinetuneRecipe.from_config(cfg.finetune)) for k, m in models.items()
+    }
     times: dict[str, list[float]] = {"float": [], "lsq": []}
     steps = 20 if model_name == "lenet5" else 5
     for key in models:  # warm-up

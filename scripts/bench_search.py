@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from _bench import REPO, markdown_table, save_json, update_doc_section
+from qsearch.config import group_options
 from qsearch.quant.policy import Policy
 
 OUT = REPO / "outputs" / "bench"
-AGENTS = ("releq", "haq", "random", "bayes", "hawq", "uniform")
+AGENTS = tuple(group_options("agent"))  # every agent of conf/agent/
 CHOICES = [2, 3, 4, 5, 8]
 # compare counts evaluations of whole policies: ReLeQ's per-step retraining (the default)
 # would spend an 18-layer network's whole budget on the partial policies of one episode
@@ -51,20 +52,21 @@ class Pair:
 
     model: str
     dataset: str
-    search: tuple[str, ...]  # overrides of `qsearch search` (evaluator, float model)
+    experiment: str  # the experiment= config of `compare` (space, cost model, evaluator)
+    search: tuple[str, ...]  # further overrides of `qsearch search` (a shorter evaluator)
     finetune: tuple[str, ...]  # overrides of `qsearch finetune`
     evaluations: int  # compare: evaluations per search unless --evaluations says otherwise
 
 
 PAIRS: dict[str, Pair] = {
-    "lenet5-mnist": Pair("lenet5", "mnist", ("evaluator.steps=200",), (), 40),
+    "lenet5-mnist": Pair("lenet5", "mnist", "compare_lenet_mnist", (), (), 40),
     # short budget: a ResNet-20 LSQ step takes ~0.3 s on 2 cores, so 20 retraining steps
     # and 1000 validation images per evaluation, 20 evaluations, 1 fine-tune epoch
     "resnet20-cifar10": Pair(
         "resnet20",
         "cifar10",
-        # float_seed=0: every search seed starts from the one float model (60 epochs here)
-        ("evaluator.steps=20", "evaluator.val_subset=1000", "float_seed=0"),
+        "compare_resnet20_cifar10",  # float_seed=0: one float model for every seed
+        ("evaluator.steps=20",),
         ("finetune.epochs=1", "runtime.compile=true"),
         20,
     ),
@@ -120,16 +122,7 @@ def releq_benchmark(evaluations: int) -> dict[str, Any]:
     run = qsearch(
         "search",
         OUT / "search" / "releq-lenet5-mnist",
-        [
-            "agent=releq",
-            f"model={model}",
-            f"dataset={dataset}",
-            "hardware=size",
-            "search.pin_first_last=null",
-            f"search.w_bits=[{','.join(map(str, CHOICES))}]",
-            f"budget.evaluations={evaluations}",
-            *pair.search,
-        ],
+        ["experiment=releq_lenet_mnist", f"budget.evaluations={evaluations}"],
     )
     summary = json.loads((run / "summary.json").read_text())
     policy = Policy.load(run)
@@ -173,14 +166,10 @@ def compare_benchmark(
                 "search",
                 OUT / "search" / f"{agent}-{pair_name}-s{seed}",
                 [
+                    f"experiment={pair.experiment}",
                     f"agent={agent}",
                     *AGENT_OVERRIDES.get(agent, ()),
-                    f"model={pair.model}",
-                    f"dataset={pair.dataset}",
                     f"seed={seed}",
-                    "hardware=bitops",
-                    "search.search_activations=false",
-                    f"search.w_bits=[{','.join(map(str, CHOICES))}]",
                     f"budget.evaluations={evaluations}",
                     f"budget.cost_fraction={budget}",
                     *pair.search,
@@ -373,7 +362,8 @@ def report(results: dict[str, Any]) -> str:
             f"Seeds {compare['seeds']}; weight bits {{{','.join(map(str, CHOICES))}}} for the "
             f"inner layers (first/last at 8, activations at 8); BitOPs budget "
             f"{compare['budget']} x uniform 8-bit; {compare['evaluations']} evaluations per "
-            f"search ({', '.join(pair.search)}). Validation accuracy of the best feasible "
+            f"search (`experiment={pair.experiment}` {' '.join(pair.search)}). Validation "
+            "accuracy of the best feasible "
             "policy (after the short retraining), mean ± std over seeds; test accuracy after "
             f"`qsearch finetune` ({', '.join(pair.finetune) or 'default epochs'}) of the first "
             "seed's policy. Evaluations below the budget: the agent had no new feasible "

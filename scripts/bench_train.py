@@ -31,12 +31,11 @@ from omegaconf import DictConfig
 
 from _bench import load_json, markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
-from qsearch.data import build_data, train_loader
+from qsearch.data import train_loader
 from qsearch.errors import UserError
-from qsearch.models import build_model
-from qsearch.train.float_model import train_float
+from qsearch.setup import Setup
 from qsearch.train.loop import TrainStep, build_optimizer, cross_entropy_loss, train_one_epoch
-from qsearch.train.runtime import resolve_runtime
+from qsearch.train.recipe import FloatRecipe
 
 PAIRS = {  # name: (model, dataset, target test accuracy in %)
     "lenet5-digits": ("lenet5", "digits", 97.0),
@@ -55,14 +54,14 @@ def accuracy_row(name: str, variant: Sequence[str] = ()) -> dict:
     """Train (or read from the cache) one pair's float model and report its accuracy;
     ``variant``: ``qsearch train`` overrides of the dataset's default recipe."""
     model, dataset, target = PAIRS[name]
-    cfg = _config(model, dataset, variant)
+    setup = Setup.from_config(_config(model, dataset, variant))
+    cfg, runtime = setup.cfg, setup.runtime
     try:
-        data = build_data(cfg.dataset)
+        setup.data  # noqa: B018 (read now: a missing dataset is skipped, not trained on)
     except UserError as exc:
         return {"pair": name, "variant": list(variant), "skipped": str(exc)}
-    runtime = resolve_runtime(cfg.runtime)
     start = time.perf_counter()
-    checkpoint = train_float(cfg, data, runtime)
+    checkpoint = setup.float_checkpoint()
     meta = checkpoint.meta
     history = checkpoint.history
     return {
@@ -96,14 +95,15 @@ def pipeline_row(name: str, steps: int) -> dict:
     """Time ``steps`` training steps fed by the TensorLoader vs by pre-built tensors."""
     model_name, dataset, _ = PAIRS[name]
     cfg = _config(model_name, dataset)
+    torch.manual_seed(0)  # the model's initialization
+    setup = Setup.from_config(cfg)
+    runtime = setup.runtime
     try:
-        data = build_data(cfg.dataset)
+        data = setup.data
     except UserError as exc:
         return {"pair": name, "skipped": str(exc)}
-    runtime = resolve_runtime(cfg.runtime)
-    torch.manual_seed(0)
-    model = runtime.prepare(build_model(cfg.model, data.info))
-    optimizer = build_optimizer(model, cfg.train)
+    model = runtime.prepare(setup.float_model)
+    optimizer = build_optimizer(model, FloatRecipe.from_config(cfg.train))
     loader = train_loader(data, cfg.dataset, int(cfg.train.batch_size), 0, str(runtime.device))
     prebuilt = [(x.clone(), y.clone()) for x, y in islice(loader, steps)]
     _timed_steps(model, prebuilt, optimizer, runtime, min(steps, 5))  # warm-up

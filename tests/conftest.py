@@ -18,6 +18,10 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("QSEARCH_DATA_DIR", REPO / "data"))
 
 
+# Config groups placed under another key (`recipe@train: float`).
+GROUP_PACKAGE = {"recipe": "train", "finetune_recipe": "finetune"}
+
+
 def compose(command: str, *overrides: str) -> DictConfig:
     """The config a ``qsearch <command> <overrides>`` run would get (hydra node removed)."""
     return job_config(command, list(overrides))

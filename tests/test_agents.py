@@ -15,14 +15,11 @@ from qsearch.agents._sb3 import AGENT_FILE, save_atomic
 from qsearch.agents.haq import HaqAgent
 from qsearch.agents.releq import ReleqAgent
 from qsearch.config import group_options, instantiate_checked
-from qsearch.data import build_data
 from qsearch.env.recorder import Objective, SearchRecorder
 from qsearch.env.rewards import ReleqReward
 from qsearch.env.space import SearchSpace
 from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape
-from qsearch.models import build_model, model_inventory
-from qsearch.quant.layers import QuantizerSpec
-from qsearch.train.runtime import resolve_runtime
+from qsearch.setup import Setup
 from tests.conftest import compose
 from tests.test_search_env import FakeEvaluator, bitops_oracle
 
@@ -44,10 +41,9 @@ def _context(
     if synthetic:
         overrides = ("search.w_bits=[2,4,8]", "search.search_activations=false", *overrides)
     cfg = compose("search", f"agent={agent}", "runtime.precision=fp32", *overrides)
-    data = build_data(cfg.dataset)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.info)
-    inventory = model_inventory(model, data.info)
+    torch.manual_seed(0)  # the float model's initialization
+    setup = Setup.from_config(cfg)
+    inventory = setup.inventory
     search = cfg.search
     oracle = bitops_oracle(inventory)
     space = SearchSpace(
@@ -85,10 +81,10 @@ def _context(
         run_dir=tmp_path,
         seed=0,
         resume=resume,
-        float_model=model,
-        data=data,
-        spec=QuantizerSpec.from_config(cfg.quantizer),
-        runtime=resolve_runtime(cfg.runtime),
+        float_model=setup.float_model,
+        data=setup.data,
+        spec=setup.spec,
+        runtime=setup.runtime,
         sensitivities=(lambda: landscape.estimate(0)) if synthetic else None,
     )
     return ctx, instantiate_checked(cfg.agent, _convert_="all")

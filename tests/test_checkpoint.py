@@ -17,13 +17,12 @@ from qsearch.checkpoint import (
     write_checkpoint,
 )
 from qsearch.config import freeze_config
-from qsearch.data import dataset_shape
 from qsearch.dynamic.model import build_dynamic
 from qsearch.dynamic.settings import DynamicSettings, plan_dynamic
 from qsearch.errors import UserError
-from qsearch.models import build_model, model_inventory
-from qsearch.quant.layers import QuantizerSpec, calibrate, quantize_model
+from qsearch.quant.layers import calibrate, quantize_model
 from qsearch.quant.policy import Policy
+from qsearch.setup import Setup
 from tests.conftest import compose
 
 # the entries of each kind's file; the layout older qsearch versions wrote and read
@@ -37,12 +36,10 @@ LAYOUT = {
 def _save(kind: str, path: Path) -> nn.Module:
     """A LeNet-5 of ``kind`` with random weights (quantizers calibrated), saved to ``path``."""
     cfg = compose("dynamic")
-    info = dataset_shape(cfg.dataset)
     torch.manual_seed(0)
-    model = build_model(cfg.model, info)
-    inventory = model_inventory(model, info)
+    setup = Setup.from_config(cfg)
+    model, inventory, spec, info = setup.float_model, setup.inventory, setup.spec, setup.info
     policy = Policy.uniform("lenet5", "digits", [layer.name for layer in inventory], 3, 3, 8)
-    spec = QuantizerSpec.from_config(cfg.quantizer)
     images = torch.randn(16, info.in_channels, info.image_size, info.image_size)
     if kind == "float":
         config = freeze_config(cfg, ("model", "dataset"))

@@ -9,7 +9,7 @@ from qsearch.commands import COMMANDS
 from qsearch.config import config_dir, group_options
 from qsearch.data import build_data
 from qsearch.errors import UserError
-from tests.conftest import compose, compose_filled
+from tests.conftest import GROUP_PACKAGE, compose, compose_filled
 
 GROUPS = sorted(
     p.name
@@ -17,7 +17,6 @@ GROUPS = sorted(
     if p.is_dir() and p.name not in ("hydra", "shared") and list(p.glob("*.yaml"))
 )
 # groups placed under another key by the primary configs (`recipe@train: float`)
-PACKAGE = {"recipe": "train"}
 OPTIONS = [(group, option) for group in GROUPS for option in group_options(group)]
 
 
@@ -46,7 +45,7 @@ def test_missing_required_key_is_named(command: str) -> None:
 def test_every_group_option_composes_and_its_targets_import(group: str, option: str) -> None:
     from omegaconf import OmegaConf
 
-    key = PACKAGE.get(group, group)
+    key = GROUP_PACKAGE.get(group, group)
     command = next(c for c in COMMANDS if key in compose_filled(c))
     override = f"{group}@{key}={option}" if key != group else f"{group}={option}"
     cfg = compose_filled(command, override)

@@ -24,6 +24,7 @@ from qsearch.quant.layers import QuantizerSpec, calibrate
 from qsearch.quant.policy import Policy
 from qsearch.train.fit import Monitor, TrainContext
 from qsearch.train.float_model import load_float_weights, train_float
+from qsearch.train.recipe import DynamicRecipe
 from qsearch.train.runtime import resolve_runtime
 from tests.conftest import compose, run_qsearch
 
@@ -249,7 +250,9 @@ def _train(digits, **dynamic: object):
     plan = plan_dynamic(policy, settings, spec, static_last=True)
     setup = DynamicSetup(inventory, policy, plan, spec, settings)
     context = TrainContext(data, runtime, cfg.dataset, seed=0)
-    return train_dynamic(model, setup, cfg.finetune, context, Monitor(log=False)), plan
+    return train_dynamic(
+        model, setup, DynamicRecipe.from_config(cfg.finetune), context, Monitor(log=False)
+    ), plan
 
 
 def test_cost_penalty_moves_average_bitops_to_the_target(digits) -> None:

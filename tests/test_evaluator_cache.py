@@ -9,18 +9,16 @@ from pathlib import Path
 
 import torch
 
-from qsearch.data import build_data
 from qsearch.env import evaluator as evaluator_module
 from qsearch.env.evaluator import PolicyEvaluator, RetrainConfig
 from qsearch.models import build_model
 from qsearch.quant.kernels import set_compile
-from qsearch.quant.layers import QuantizerSpec
-from qsearch.train.runtime import resolve_runtime
+from qsearch.setup import Setup
 from tests.conftest import compose
 
 CFG = compose("search", "runtime.precision=fp32", "runtime.device=cpu")
-DATA = build_data(CFG.dataset)
-RUNTIME = resolve_runtime(CFG.runtime)
+SETUP = Setup.from_config(CFG)
+DATA, RUNTIME = SETUP.data, SETUP.runtime
 
 
 def _key(model: torch.nn.Module, tmp_path: Path, **runtime_changes: object) -> str:
@@ -29,8 +27,8 @@ def _key(model: torch.nn.Module, tmp_path: Path, **runtime_changes: object) -> s
         model,
         DATA,
         runtime,
-        QuantizerSpec.from_config(CFG.quantizer),
-        RetrainConfig(steps=0),
+        SETUP.spec,
+        RetrainConfig.from_config(CFG.evaluator, steps=0),
         seed=0,
         cache_dir=tmp_path,
         context={"float": "lenet5-digits-s0-samerecipe"},

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from qsearch.data import build_data
 from qsearch.env import evaluator as evaluator_module
 from qsearch.env.evaluator import PolicyEvaluator, RetrainConfig
 from qsearch.models import build_model, model_inventory
 from qsearch.quant.bn import reestimate_bn
-from qsearch.quant.layers import QuantizerSpec
 from qsearch.quant.policy import Policy
+from qsearch.setup import Setup
 from qsearch.train.distill import distillation_loss
-from qsearch.train.runtime import resolve_runtime
 from tests.conftest import compose
 
 CFG = compose("search", "model=simplenet", "runtime.precision=fp32", "runtime.device=cpu")
-DATA = build_data(CFG.dataset)
-RUNTIME = resolve_runtime(CFG.runtime)
-SPEC = QuantizerSpec.from_config(CFG.quantizer)
+SETUP = Setup.from_config(CFG)
+DATA, RUNTIME, SPEC = SETUP.data, SETUP.runtime, SETUP.spec
 
 
 def _model() -> torch.nn.Module:
@@ -32,7 +29,9 @@ def _policy(model: torch.nn.Module) -> Policy:
 
 
 def _accuracy(model: torch.nn.Module, **retrain: object) -> float:
-    evaluator = PolicyEvaluator(model, DATA, RUNTIME, SPEC, RetrainConfig(**retrain), seed=0)
+    evaluator = PolicyEvaluator(
+        model, DATA, RUNTIME, SPEC, RetrainConfig.from_config(CFG.evaluator, **retrain), seed=0
+    )
     return evaluator(_policy(model)).accuracy
 
 
@@ -81,7 +80,9 @@ def test_distillation_loss_drives_the_retraining(monkeypatch) -> None:
 def test_proxy_settings_are_part_of_the_cache_key() -> None:
     model = _model()
     keys = {
-        PolicyEvaluator(model, DATA, RUNTIME, SPEC, RetrainConfig(**retrain), seed=0).context_key
+        PolicyEvaluator(
+            model, DATA, RUNTIME, SPEC, RetrainConfig.from_config(CFG.evaluator, **retrain), seed=0
+        ).context_key
         for retrain in ({}, {"distill_alpha": 0.5}, {"bn_batches": 4})
     }
     assert len(keys) == 3

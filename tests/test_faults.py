@@ -31,7 +31,7 @@ from qsearch.config import compose_config, config_dir, group_options
 from qsearch.errors import UserError
 from qsearch.quant.policy import POLICY_FORMAT
 from qsearch.validation import RULES, check_ranges, check_value, rule_for
-from tests.conftest import compose_filled, run_qsearch
+from tests.conftest import GROUP_PACKAGE, compose_filled, run_qsearch
 
 MARKER = "pwned"  # what the malicious checkpoints create when they are unpickled
 TINY_SEARCH = (
@@ -381,8 +381,6 @@ def test_the_malicious_payload_is_live(tmp_path: Path) -> None:
 
 # --- the range table on composed configs -----------------------------------------------
 
-PACKAGE = {"recipe": "train"}  # groups placed under another key (`recipe@train: float`)
-
 
 @cache
 def _configs() -> dict[str, DictConfig]:
@@ -390,7 +388,7 @@ def _configs() -> dict[str, DictConfig]:
     configs = {command: compose_filled(command) for command in COMMANDS}
     groups = [p.name for p in config_dir().iterdir() if p.is_dir() and p.name != "hydra"]
     for group in sorted(set(groups) - {"shared"}):
-        key = PACKAGE.get(group, group)
+        key = GROUP_PACKAGE.get(group, group)
         command = next((c for c, cfg in configs.items() if key in cfg), "search")
         for option in group_options(group):
             override = f"{group}@{key}={option}" if key != group else f"{group}={option}"

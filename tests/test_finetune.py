@@ -24,6 +24,7 @@ from qsearch.train.finetune import build_quantized, finetune
 from qsearch.train.fit import Monitor, TrainContext
 from qsearch.train.float_model import load_float_weights, train_float
 from qsearch.train.loop import evaluate
+from qsearch.train.recipe import FinetuneRecipe
 from qsearch.train.runtime import resolve_runtime
 from tests.conftest import compose, run_qsearch
 
@@ -91,7 +92,9 @@ def _finetune(setup, policy: Policy, **recipe: object):
         cfg.finetune[key] = value
     spec = QuantizerSpec.from_config(cfg.quantizer)
     context = TrainContext(data, runtime, cfg.dataset, seed=0)
-    return finetune(model, policy, spec, cfg.finetune, context, Monitor(log=False))
+    return finetune(
+        model, policy, spec, FinetuneRecipe.from_config(cfg.finetune), context, Monitor(log=False)
+    )
 
 
 def test_fixture_config_is_not_changed_by_a_test(digits_setup) -> None:

@@ -19,6 +19,7 @@ from qsearch.quant.policy import Policy
 from qsearch.train.finetune import finetune
 from qsearch.train.fit import Monitor, TrainContext
 from qsearch.train.float_model import load_float_weights, train_float
+from qsearch.train.recipe import DynamicRecipe, FinetuneRecipe
 from qsearch.train.runtime import resolve_runtime
 from tests.conftest import compose
 
@@ -61,7 +62,9 @@ def _finetune(setup, workdir: Path, monitor: Monitor) -> Run:
     cfg = cfgs["finetune"]
     spec = QuantizerSpec.from_config(cfg.quantizer)
     context = TrainContext(data, runtime, cfg.dataset, seed=0, workdir=workdir)
-    result = finetune(model, policy, spec, cfg.finetune, context, monitor)
+    result = finetune(
+        model, policy, spec, FinetuneRecipe.from_config(cfg.finetune), context, monitor
+    )
     return result.history, result.model
 
 
@@ -73,7 +76,9 @@ def _dynamic(setup, workdir: Path, monitor: Monitor) -> Run:
     plan = plan_dynamic(policy, settings, spec, static_last=True)
     context = TrainContext(data, runtime, cfg.dataset, seed=0, workdir=workdir)
     dynamic = DynamicSetup(inventory, policy, plan, spec, settings)
-    result = train_dynamic(model, dynamic, cfg.finetune, context, monitor)
+    result = train_dynamic(
+        model, dynamic, DynamicRecipe.from_config(cfg.finetune), context, monitor
+    )
     return result.history, result.model
 
 

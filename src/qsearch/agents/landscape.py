@@ -12,18 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
 from qsearch.agents import SearchContext
 from qsearch.config import instantiate_checked, job_config
-from qsearch.data import dataset_shape
 from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
 from qsearch.env.rewards import ReleqReward
 from qsearch.env.space import SearchSpace
 from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape
-from qsearch.models import build_model, model_inventory
-from qsearch.quant.layers import QuantizerSpec
-from qsearch.train.runtime import resolve_runtime
+from qsearch.setup import Setup
 
 
 @dataclass
@@ -56,21 +52,20 @@ def _searched_bits(space: SearchSpace, evaluation: Evaluation) -> tuple[list[int
 
 def landscape_space(
     overrides: list[str], uniform_bits: tuple[int, int] | None = None
-) -> tuple[DictConfig, SearchSpace, SyntheticLandscape, torch.nn.Module]:
-    """The composed config (``evaluator=synthetic`` added), its space, with the budget at
-    uniform ``(w, a)`` bits' cost when given, the landscape, and the (untrained) model."""
+) -> tuple[Setup, SearchSpace, SyntheticLandscape]:
+    """The setup of the composed config (``evaluator=synthetic`` added), its space, with
+    the budget at uniform ``(w, a)`` bits' cost when given, and the landscape."""
     from qsearch.commands.search import build_space
 
-    cfg = job_config("search", ["evaluator=synthetic", *overrides])
-    info = dataset_shape(cfg.dataset)
-    model = build_model(cfg.model, info)
-    space = build_space(cfg, model_inventory(model, info))
+    setup = Setup.from_config(job_config("search", ["evaluator=synthetic", *overrides]))
+    cfg = setup.cfg
+    space = build_space(cfg, setup.inventory)
     if uniform_bits is not None:
         n = len(space.searchable)
         w, a = uniform_bits
         space.budget = space.cost.total(space.policy([w] * n, [a] * n))
     landscape = SyntheticLandscape(space, SyntheticConfig.from_config(cfg.evaluator))
-    return cfg, space, landscape, model
+    return setup, space, landscape
 
 
 def search_landscape(
@@ -81,8 +76,8 @@ def search_landscape(
     max_episodes: int | None = None,
 ) -> LandscapeRun:
     """Search with the agent ``overrides`` compose (``agent=haq seed=1 ...``)."""
-    cfg, space, landscape, model = landscape_space(overrides, uniform_bits)
-    seed = int(cfg.seed)
+    setup, space, landscape = landscape_space(overrides, uniform_bits)
+    cfg, seed = setup.cfg, int(setup.cfg.seed)
     torch.manual_seed(seed)
     reward = instantiate_checked(cfg.reward)
     agent = instantiate_checked(cfg.agent, _convert_="all")
@@ -103,10 +98,10 @@ def search_landscape(
         run_dir=run_dir,
         seed=seed,
         resume=False,
-        float_model=model,
+        float_model=setup.float_model,
         data=None,
-        spec=QuantizerSpec.from_config(cfg.quantizer),
-        runtime=resolve_runtime(cfg.runtime),
+        spec=setup.spec,
+        runtime=setup.runtime,
         max_episodes=max_episodes,
         sensitivities=lambda: landscape.estimate(seed),
     )

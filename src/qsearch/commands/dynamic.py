@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from qsearch.checkpoint import Checkpoint, save_dynamic
-from qsearch.commands._common import console, load_trained_float, policy_setup, run_dir
+from qsearch.commands._common import console, load_trained_float, run_dir
 from qsearch.data import build_data, eval_loader
 from qsearch.dynamic.model import DynamicQuantModel
 from qsearch.dynamic.report import hardness, layer_table, summarize, summary_table
@@ -30,7 +30,9 @@ from qsearch.dynamic.train import (
 )
 from qsearch.report.figures import dynamic_figure
 from qsearch.report.progress import training_progress
+from qsearch.setup import Setup
 from qsearch.train.fit import Monitor, TrainContext
+from qsearch.train.recipe import DynamicRecipe
 from qsearch.train.runtime import resolve_runtime
 from qsearch.utils.io import write_json
 
@@ -40,11 +42,17 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> None:
     """Train network and controller; write model.pt, metrics.json and dynamic.png."""
     settings = DynamicSettings.from_config(cfg.dynamic)
-    common = policy_setup(cfg)
-    runtime, data, float_model = common.runtime, common.data, common.float_model
-    inventory, policy, spec = common.inventory, common.policy, common.spec
+    recipe = DynamicRecipe.from_config(cfg.finetune)
+    common = Setup.from_config(cfg)
+    policy, spec = common.policy(), common.spec
     plan = plan_dynamic(policy, settings, spec, static_last=cfg.pin_first_last is not None)
-    float_checkpoint = load_trained_float(cfg, common)
+    float_checkpoint = load_trained_float(common)
+    runtime, data, float_model, inventory = (
+        common.runtime,
+        common.data,
+        common.float_model,
+        common.inventory,
+    )
     log.info(
         "dynamic %s on %s with %s: %d dynamic layers, candidates %s around %s, target %.2fx",
         cfg.model.name,
@@ -60,7 +68,7 @@ def run(cfg: DictConfig) -> None:
     setup = DynamicSetup(inventory, policy, plan, spec, settings)
     context = TrainContext(data, runtime, cfg.dataset, int(cfg.seed), workdir=out)
     with training_progress() as progress:
-        result = train_dynamic(float_model, setup, cfg.finetune, context, Monitor(progress))
+        result = train_dynamic(float_model, setup, recipe, context, Monitor(progress))
     test_loader = context.eval_loader("test")
     test = evaluate_dynamic(result.model, test_loader, runtime)
     float_losses = per_sample_losses(runtime.prepare(float_model), test_loader, runtime)

@@ -8,11 +8,13 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from qsearch.checkpoint import save_quantized
-from qsearch.commands._common import console, load_trained_float, policy_setup, run_dir
+from qsearch.commands._common import console, load_trained_float, run_dir
 from qsearch.report.figures import curves_figure
 from qsearch.report.progress import training_progress
+from qsearch.setup import Setup
 from qsearch.train.finetune import finetune, finetune_summary
 from qsearch.train.fit import Monitor, TrainContext
+from qsearch.train.recipe import FinetuneRecipe
 from qsearch.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -21,10 +23,11 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> None:
     """Fine-tune the requested policy; write model.pt, policy.yaml, metrics.json and
     curves.png."""
-    setup = policy_setup(cfg)
+    setup = Setup.from_config(cfg)
+    policy, recipe = setup.policy(), FinetuneRecipe.from_config(cfg.finetune)
+    float_checkpoint = load_trained_float(setup)
     runtime, data, float_model = setup.runtime, setup.data, setup.float_model
-    inventory, policy, spec = setup.inventory, setup.policy, setup.spec
-    float_checkpoint = load_trained_float(cfg, setup)
+    inventory, spec = setup.inventory, setup.spec
     log.info(
         "fine-tuning %s on %s with %s, bits (w/a): %s",
         cfg.model.name,
@@ -36,7 +39,7 @@ def run(cfg: DictConfig) -> None:
     out = run_dir()
     context = TrainContext(data, runtime, cfg.dataset, int(cfg.seed), workdir=out)
     with training_progress() as progress:
-        result = finetune(float_model, policy, spec, cfg.finetune, context, Monitor(progress))
+        result = finetune(float_model, policy, spec, recipe, context, Monitor(progress))
     accuracy = finetune_summary(result, float_checkpoint.meta)
     bits = policy.average_bits(inventory)
     policy.metadata.update(

@@ -11,9 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from qsearch.agents import SearchContext
-from qsearch.commands._common import console, run_dir
+from qsearch.commands._common import console, load_trained_float, run_dir
 from qsearch.config import instantiate_checked
-from qsearch.data import Augment, DataSplits, build_data, dataset_shape
+from qsearch.data import Augment, DataSplits
 from qsearch.env.cost import cost_oracle
 from qsearch.env.evaluator import PolicyEvaluator, RetrainConfig
 from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
@@ -21,15 +21,11 @@ from qsearch.env.rewards import HaqReward, ReleqReward
 from qsearch.env.space import SearchSpace
 from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape
 from qsearch.errors import UserError
-from qsearch.models import build_model, model_inventory
 from qsearch.quant.layers import QuantizerSpec
 from qsearch.quant.policy import Policy
 from qsearch.report.figures import bits_figure, pareto_figure
 from qsearch.report.live import SearchMonitor, bits_text
-from qsearch.report.progress import training_progress
-from qsearch.train.fit import Monitor
-from qsearch.train.float_model import load_float_weights, train_float
-from qsearch.train.runtime import Runtime, resolve_runtime
+from qsearch.setup import Setup
 from qsearch.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -67,27 +63,16 @@ def build_space(cfg: DictConfig, inventory: list[Any]) -> SearchSpace:
     return space
 
 
-def _retrain_evaluator(
-    cfg: DictConfig, model: Any, data: DataSplits, runtime: Runtime, spec: QuantizerSpec
-) -> PolicyEvaluator:
-    """``evaluator=retrain``: short retraining from the float weights, cached on disk."""
-    ev = cfg.evaluator
+def retrain_evaluator(setup: Setup) -> PolicyEvaluator:
+    """``evaluator=retrain``: short retraining from ``setup``'s float weights (load them
+    first), cached on disk."""
+    cfg = setup.cfg
     return PolicyEvaluator(
-        model,
-        data,
-        runtime,
-        spec,
-        RetrainConfig(
-            steps=int(ev.steps),
-            lr=float(ev.lr),
-            batch_size=int(ev.batch_size),
-            weight_decay=float(cfg.train.weight_decay),
-            train_subset=ev.train_subset,
-            val_subset=ev.val_subset,
-            bn_batches=int(ev.bn_batches),
-            distill_alpha=float(ev.distill_alpha),
-            distill_temperature=float(ev.distill_temperature),
-        ),
+        setup.float_model,
+        setup.data,
+        setup.runtime,
+        setup.spec,
+        RetrainConfig.from_config(cfg.evaluator),
         seed=int(cfg.seed),
         augment=Augment.from_config(cfg.dataset.get("augment")),
         cache_dir=Path(cfg.cache_dir) / "evals",
@@ -109,10 +94,8 @@ def run(cfg: DictConfig) -> None:
     """Search, then write policy.yaml, episodes.csv, evaluations.csv and the figures."""
     out = run_dir()
     resume = cfg.resume is not None
-    info = dataset_shape(cfg.dataset)
-    model = build_model(cfg.model, info)
-    inventory = model_inventory(model, info)
-    space = build_space(cfg, inventory)
+    setup = Setup.from_config(cfg)
+    space = build_space(cfg, setup.inventory)
     reward = instantiate_checked(cfg.reward)
     agent = instantiate_checked(cfg.agent, _convert_="all")
     if isinstance(reward, HaqReward) and space.budget is None:
@@ -121,9 +104,7 @@ def run(cfg: DictConfig) -> None:
             f"of uniform 8-bit {space.cost.metric})"
         )
 
-    runtime = resolve_runtime(cfg.runtime)
-    spec = QuantizerSpec.from_config(cfg.quantizer)
-    scorer = _build_scorer(cfg, space, model, runtime, spec)
+    scorer = _build_scorer(cfg, space, setup)
     evaluator, float_accuracy = scorer.evaluator, scorer.float_accuracy
     releq = reward if isinstance(reward, ReleqReward) else ReleqReward()
     reference_cost = space.cost.total(_uniform8(space))
@@ -153,10 +134,10 @@ def run(cfg: DictConfig) -> None:
         run_dir=out,
         seed=int(cfg.seed),
         resume=resume,
-        float_model=model,
+        float_model=setup.float_model,
         data=scorer.data,
-        spec=spec,
-        runtime=runtime,
+        spec=setup.spec,
+        runtime=setup.runtime,
         max_episodes=cfg.search.max_episodes,
         sensitivities=(
             (lambda: evaluator.estimate(int(cfg.seed)))
@@ -168,7 +149,7 @@ def run(cfg: DictConfig) -> None:
     log.info(
         "searching %d of %d layers of %s with %s; budget %d evaluations%s",
         len(space.searchable),
-        len(inventory),
+        len(setup.inventory),
         cfg.model.name,
         agent.name,
         recorder.budget,
@@ -215,21 +196,16 @@ class Scorer:
     float_accuracy: float
 
 
-def _build_scorer(
-    cfg: DictConfig, space: SearchSpace, model: Any, runtime: Runtime, spec: QuantizerSpec
-) -> Scorer:
+def _build_scorer(cfg: DictConfig, space: SearchSpace, setup: Setup) -> Scorer:
     """``evaluator=synthetic``: the landscape (no data, no training); otherwise the float
     model (trained first when not cached) and its short-retraining evaluator."""
     if cfg.evaluator.name == "synthetic":
         landscape = SyntheticLandscape(space, SyntheticConfig.from_config(cfg.evaluator))
         landscape.optimum()  # a UserError without a budget, before any work
         return Scorer(landscape, None, {"test_acc": None}, landscape.float_accuracy)
-    data = build_data(cfg.dataset)
-    with training_progress() as progress:
-        float_checkpoint = train_float(cfg, data, runtime, monitor=Monitor(progress))
-    load_float_weights(model, float_checkpoint)
-    evaluator = _retrain_evaluator(cfg, model, data, runtime, spec)
-    return Scorer(evaluator, data, float_checkpoint.meta, evaluator.float_accuracy())
+    float_checkpoint = load_trained_float(setup)
+    evaluator = retrain_evaluator(setup)
+    return Scorer(evaluator, setup.data, float_checkpoint.meta, evaluator.float_accuracy())
 
 
 def _learning_warnings(agent: Any, recorder: SearchRecorder) -> str | None:

@@ -7,25 +7,18 @@ import shutil
 from omegaconf import DictConfig
 from rich.table import Table
 
-from qsearch.commands._common import console, run_dir
-from qsearch.data import build_data
+from qsearch.commands._common import console, load_trained_float, run_dir
 from qsearch.report.figures import curves_figure
-from qsearch.report.progress import training_progress
-from qsearch.train.fit import Monitor
-from qsearch.train.float_model import train_float
-from qsearch.train.runtime import resolve_runtime
+from qsearch.setup import Setup
 from qsearch.utils.io import write_atomic
 
 
 def run(cfg: DictConfig) -> None:
     """Train (or fetch from the cache) the float model; copy it into the run dir, with
     its metrics and a plot of its training curves."""
-    runtime = resolve_runtime(cfg.runtime)
-    data = build_data(cfg.dataset)
-    with training_progress() as progress:
-        checkpoint = train_float(
-            cfg, data, runtime, force=bool(cfg.force), monitor=Monitor(progress)
-        )
+    setup = Setup.from_config(cfg)
+    runtime = setup.runtime
+    checkpoint = load_trained_float(setup, force=bool(cfg.force))
     out = run_dir()
     for name, source in (
         ("model.pt", checkpoint.path),

@@ -52,23 +52,27 @@ def _source_dir() -> Path | None:
     return Path(value) if value else None
 
 
+def _prepare_idx(root: Path, folders: list[Path], raw: str, dataset: type) -> str:
+    """Unpack the gzipped IDX files of the first of ``folders`` that has them into
+    ``root/<raw>/raw``, or let torchvision's ``dataset`` class download them."""
+    for folder in folders:
+        if _gunzip_idx(folder, root / raw / "raw"):
+            return f"unpacked from {folder}"
+    for train in (True, False):
+        dataset(str(root), train=train, download=True)
+    return "downloaded by torchvision"
+
+
 def prepare_mnist(root: Path) -> str:
     source = _source_dir()
-    if source and _gunzip_idx(source / "mnist", root / "MNIST" / "raw"):
-        return f"unpacked from {source / 'mnist'}"
-    torchvision.datasets.MNIST(str(root), train=True, download=True)
-    torchvision.datasets.MNIST(str(root), train=False, download=True)
-    return "downloaded by torchvision"
+    folders = [source / "mnist"] if source else []
+    return _prepare_idx(root, folders, "MNIST", torchvision.datasets.MNIST)
 
 
 def prepare_fashion_mnist(root: Path) -> str:
     source = _source_dir()
-    for folder in ([source / "fashion-mnist"] if source else []) + [DEBIAN_FASHION_MNIST]:
-        if _gunzip_idx(folder, root / "FashionMNIST" / "raw"):
-            return f"unpacked from {folder}"
-    torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-    torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
-    return "downloaded by torchvision"
+    folders = ([source / "fashion-mnist"] if source else []) + [DEBIAN_FASHION_MNIST]
+    return _prepare_idx(root, folders, "FashionMNIST", torchvision.datasets.FashionMNIST)
 
 
 def prepare_cifar10(root: Path) -> str:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from qsearch.data import DataSplits, eval_loader
@@ -28,6 +27,7 @@ from qsearch.quant.layers import QuantizerSpec, calibrate
 from qsearch.quant.policy import Policy
 from qsearch.train.fit import Monitor, TrainContext, ValidationRow, fit
 from qsearch.train.loop import Batches, TrainStep, cosine_schedule, cross_entropy_loss, forward
+from qsearch.train.recipe import DynamicRecipe
 from qsearch.train.runtime import Runtime
 
 
@@ -125,7 +125,7 @@ def build_calibrated(
     return model
 
 
-def _optimizer(model: DynamicQuantModel, recipe: DictConfig) -> torch.optim.Optimizer:
+def _optimizer(model: DynamicQuantModel, recipe: DynamicRecipe) -> torch.optim.Optimizer:
     """SGD; the backbone at ``lr``, the controller at ``controller_lr``; no weight decay on
     1-d parameters (biases, norms, quantizer steps)."""
     groups = []
@@ -133,11 +133,9 @@ def _optimizer(model: DynamicQuantModel, recipe: DictConfig) -> torch.optim.Opti
         params = [p for p in part.parameters() if p.requires_grad]
         for decay in (True, False):
             chosen = [p for p in params if (p.dim() > 1) == decay]
-            weight_decay = float(recipe.weight_decay) if decay else 0.0
+            weight_decay = recipe.weight_decay if decay else 0.0
             groups.append({"params": chosen, "lr": float(lr), "weight_decay": weight_decay})
-    return torch.optim.SGD(
-        groups, lr=float(recipe.lr), momentum=float(recipe.momentum), nesterov=bool(recipe.nesterov)
-    )
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
 class CostHinge:
@@ -179,7 +177,7 @@ def dynamic_validation(
 def train_dynamic(
     float_model: nn.Module,
     setup: DynamicSetup,
-    recipe: DictConfig,
+    recipe: DynamicRecipe,
     context: TrainContext,
     monitor: Monitor | None = None,
 ) -> DynamicResult:
@@ -193,11 +191,11 @@ def train_dynamic(
     runtime = context.runtime
     model = build_calibrated(float_model, setup, context.data, runtime)
     val = context.eval_loader("val")
-    loader = context.train_loader(int(recipe.batch_size))
-    epochs = int(recipe.epochs)
+    loader = context.train_loader(recipe.batch_size)
+    epochs = recipe.epochs
     optimizer = _optimizer(model, recipe)
     scheduler = cosine_schedule(
-        optimizer, max(1, epochs * len(loader)), int(recipe.warmup_epochs) * len(loader)
+        optimizer, max(1, epochs * len(loader)), recipe.warmup_epochs * len(loader)
     )
     hinge = CostHinge(model, setup.settings)
     step = TrainStep(model, optimizer, scheduler, runtime, cross_entropy_loss(), hinge)

@@ -18,12 +18,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from qsearch.data import DataSplits, TensorLoader, eval_loader
@@ -63,8 +64,11 @@ def weights_digest(model: nn.Module) -> str:
 
 @dataclass(frozen=True)
 class RetrainConfig:
-    """Short retraining inside the search. ``steps=0`` evaluates without retraining.
+    """Short retraining inside the search (``conf/evaluator/retrain.yaml`` holds the
+    defaults). ``steps=0`` evaluates without retraining.
 
+    SGD (``lr``, ``momentum``, ``nesterov``, ``weight_decay``: the float recipe's by
+    default) with a cosine schedule over ``steps`` batches of ``batch_size``.
     ``train_subset``/``val_subset``: sample counts (None = the whole split).
     ``bn_batches``: after retraining, re-estimate batch-norm statistics on this many train
     batches (:func:`qsearch.quant.bn.reestimate_bn`; 0 = off).
@@ -73,16 +77,39 @@ class RetrainConfig:
     ``distill_temperature``.
     """
 
-    steps: int = 100
-    lr: float = 0.01
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    train_subset: int | None = None
-    val_subset: int | None = None
-    bn_batches: int = 0
-    distill_alpha: float = 0.0
-    distill_temperature: float = 4.0
+    steps: int
+    lr: float
+    batch_size: int
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    train_subset: int | None
+    val_subset: int | None
+    bn_batches: int
+    distill_alpha: float
+    distill_temperature: float
+
+    @classmethod
+    def from_config(cls, evaluator: DictConfig, **changes: Any) -> RetrainConfig:
+        """The retraining of an ``evaluator=retrain`` config, with ``changes`` applied."""
+        values = {f.name: evaluator[f.name] for f in fields(cls)} | changes
+        return cls(
+            steps=int(values["steps"]),
+            lr=float(values["lr"]),
+            batch_size=int(values["batch_size"]),
+            momentum=float(values["momentum"]),
+            nesterov=bool(values["nesterov"]),
+            weight_decay=float(values["weight_decay"]),
+            train_subset=_optional_int(values["train_subset"]),
+            val_subset=_optional_int(values["val_subset"]),
+            bn_batches=int(values["bn_batches"]),
+            distill_alpha=float(values["distill_alpha"]),
+            distill_temperature=float(values["distill_temperature"]),
+        )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 class EvalCache:
@@ -228,13 +255,7 @@ class PolicyEvaluator:
         calibrate(model, self.calibration)
         steps = self.retrain.steps
         if steps > 0:
-            recipe = {
-                "lr": self.retrain.lr,
-                "momentum": self.retrain.momentum,
-                "nesterov": True,
-                "weight_decay": self.retrain.weight_decay,
-            }
-            optimizer = build_optimizer(model, recipe)
+            optimizer = build_optimizer(model, self.retrain)
             scheduler = cosine_schedule(optimizer, steps)
             loss_fn = self._loss()
             epoch, done = 0, 0

@@ -73,28 +73,12 @@ class Objective:
 
 EvaluationHook = Callable[["Evaluation", "SearchRecorder"], None]
 
-_EVAL_FIELDS = [
-    "index",
-    "episode",
-    "agent",
-    "w_bits",
-    "a_bits",
-    "accuracy",
-    "cost",
-    "feasible",
-    "objective",
-    "seconds",
-    "cached",
-    "reference",
-]
+# Columns of evaluations.csv (then the cost metrics, then "diverged") and episodes.csv.
+_POLICY_FIELDS = ["agent", "w_bits", "a_bits", "accuracy", "cost", "feasible"]
+_EVAL_FIELDS = ["index", "episode", *_POLICY_FIELDS, "objective", "seconds", "cached", "reference"]
 _EPISODE_FIELDS = [
     "episode",
-    "agent",
-    "w_bits",
-    "a_bits",
-    "accuracy",
-    "cost",
-    "feasible",
+    *_POLICY_FIELDS,
     "return",
     "steps",
     "evaluations_used",

@@ -23,8 +23,9 @@ class BitFusion(RooflineModel):
 
     Args:
         bricks: BitBricks (2x2-bit multipliers) in the array; 16 make one 8x8-bit MAC.
-        clock_mhz, bytes_per_cycle, energy_per_op_pj (per brick operation),
-            energy_per_byte_pj, batch: see :class:`~qsearch.hardware.roofline.RooflineModel`.
+        roofline: ``clock_mhz``, ``bytes_per_cycle``, ``energy_per_op_pj`` (per brick
+            operation), ``energy_per_byte_pj``, ``batch``: see
+            :class:`~qsearch.hardware.roofline.RooflineModel`.
 
     Example::
 
@@ -36,25 +37,12 @@ class BitFusion(RooflineModel):
         self,
         *,
         bricks: int,
-        clock_mhz: float,
-        bytes_per_cycle: float,
-        energy_per_op_pj: float,
-        energy_per_byte_pj: float,
-        batch: int = 1,
         name: str = "bitfusion",
         metric: str = "latency",
+        **roofline: float,
     ) -> None:
         positive(name, bricks=bricks)
-        super().__init__(
-            name,
-            metric,
-            ops_per_cycle=bricks,
-            clock_mhz=clock_mhz,
-            bytes_per_cycle=bytes_per_cycle,
-            energy_per_op_pj=energy_per_op_pj,
-            energy_per_byte_pj=energy_per_byte_pj,
-            batch=batch,
-        )
+        super().__init__(name, metric, ops_per_cycle=bricks, **roofline)
 
     def ops_per_mac(self, w_bits: int, a_bits: int) -> int:
         """Brick operations of one MAC: ``ceil(w/2) x ceil(a/2)``."""

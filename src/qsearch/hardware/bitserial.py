@@ -26,8 +26,9 @@ class BitSerial(RooflineModel):
     Args:
         serial: which operand is processed bit by bit: weights, activations or both.
         lanes: MAC-bits per cycle (e.g. BISMO's ``Dm x Dn x Dk`` binary dot-product array).
-        clock_mhz, bytes_per_cycle, energy_per_op_pj (per MAC-bit), energy_per_byte_pj,
-            batch: see :class:`~qsearch.hardware.roofline.RooflineModel`.
+        roofline: ``clock_mhz``, ``bytes_per_cycle``, ``energy_per_op_pj`` (per MAC-bit),
+            ``energy_per_byte_pj``, ``batch``: see
+            :class:`~qsearch.hardware.roofline.RooflineModel`.
 
     Example::
 
@@ -40,29 +41,16 @@ class BitSerial(RooflineModel):
         *,
         serial: str,
         lanes: int,
-        clock_mhz: float,
-        bytes_per_cycle: float,
-        energy_per_op_pj: float,
-        energy_per_byte_pj: float,
-        batch: int = 1,
         name: str = "bitserial",
         metric: str = "latency",
+        **roofline: float,
     ) -> None:
         if serial not in SERIAL:
             raise UserError(
                 f"hardware '{name}': serial must be one of {', '.join(SERIAL)}, got {serial!r}"
             )
         positive(name, lanes=lanes)
-        super().__init__(
-            name,
-            metric,
-            ops_per_cycle=lanes,
-            clock_mhz=clock_mhz,
-            bytes_per_cycle=bytes_per_cycle,
-            energy_per_op_pj=energy_per_op_pj,
-            energy_per_byte_pj=energy_per_byte_pj,
-            batch=batch,
-        )
+        super().__init__(name, metric, ops_per_cycle=lanes, **roofline)
         self.serial = serial
 
     def ops_per_mac(self, w_bits: int, a_bits: int) -> int:

@@ -5,6 +5,20 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
+def _conv_pool_pair(
+    in_channels: int, first: int, second: int, padding: tuple[int, int]
+) -> nn.Sequential:
+    """conv(first, 5x5) - ReLU - pool 2 - conv(second, 5x5) - ReLU - pool 2."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, first, 5, padding=padding[0]),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(first, second, 5, padding=padding[1]),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
 class LeNet5(nn.Module):
     """conv(6, 5x5) - pool - conv(16, 5x5) - pool - fc 120 - fc 84 - fc classes.
 
@@ -19,14 +33,7 @@ class LeNet5(nn.Module):
         side = ((image_size // 2) + 2 * pad2 - 4) // 2
         if side < 1:
             raise ValueError(f"LeNet5 needs inputs of at least 8x8 pixels, got {image_size}")
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5, padding=pad2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        )
+        self.features = _conv_pool_pair(in_channels, 6, 16, (2, pad2))
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(16 * side * side, 120),
@@ -52,14 +59,7 @@ class LeNetCaffe(nn.Module):
         side = ((image_size + 2 * pad - 4) // 2 + 2 * pad - 4) // 2
         if side < 1:
             raise ValueError(f"LeNetCaffe needs inputs of at least 8x8 pixels, got {image_size}")
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 20, 5, padding=pad),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(20, 50, 5, padding=pad),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        )
+        self.features = _conv_pool_pair(in_channels, 20, 50, (pad, pad))
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(50 * side * side, 500),

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from qsearch.data import DataSplits, eval_loader
@@ -30,6 +29,7 @@ from qsearch.train.loop import (
     cross_entropy_loss,
     evaluate,
 )
+from qsearch.train.recipe import FinetuneRecipe
 from qsearch.train.runtime import Runtime
 
 
@@ -78,21 +78,20 @@ class RegularizerHook:
         return {"lambda": self.regularizer.current, "penalty": penalty}
 
 
-def task_loss(float_model: nn.Module, recipe: DictConfig, runtime: Runtime) -> LossFn:
-    """Cross entropy, or distillation from ``float_model`` when ``recipe.distill.alpha > 0``."""
-    smoothing = float(recipe.label_smoothing)
-    if float(recipe.distill.alpha) <= 0:
+def task_loss(float_model: nn.Module, recipe: FinetuneRecipe, runtime: Runtime) -> LossFn:
+    """Cross entropy, or distillation from ``float_model`` when ``recipe.distill_alpha > 0``."""
+    smoothing = recipe.label_smoothing
+    if recipe.distill_alpha <= 0:
         return cross_entropy_loss(smoothing)
     teacher = runtime.prepare(copy.deepcopy(float_model))
-    alpha, temperature = float(recipe.distill.alpha), float(recipe.distill.temperature)
-    return distillation_loss(teacher, alpha, temperature, smoothing)
+    return distillation_loss(teacher, recipe.distill_alpha, recipe.distill_temperature, smoothing)
 
 
 def finetune(
     float_model: nn.Module,
     policy: Policy,
     spec: QuantizerSpec,
-    recipe: DictConfig,
+    recipe: FinetuneRecipe,
     context: TrainContext,
     monitor: Monitor | None = None,
 ) -> FinetuneResult:
@@ -109,14 +108,12 @@ def finetune(
         "before_val": evaluate(model, val, runtime).accuracy,
         "before_test": evaluate(model, test, runtime).accuracy,
     }
-    loader = context.train_loader(int(recipe.batch_size))
-    epochs = int(recipe.epochs)
+    loader = context.train_loader(recipe.batch_size)
+    epochs = recipe.epochs
     total_steps = max(1, epochs * len(loader))
     optimizer = build_optimizer(model, recipe)
-    scheduler = cosine_schedule(optimizer, total_steps, int(recipe.warmup_epochs) * len(loader))
-    regularizer = PeriodicRegularizer(
-        model, float(recipe.regularizer.lambda_max), str(recipe.regularizer.schedule)
-    )
+    scheduler = cosine_schedule(optimizer, total_steps, recipe.warmup_epochs * len(loader))
+    regularizer = PeriodicRegularizer(model, recipe.lambda_max, recipe.lambda_schedule)
     hook = RegularizerHook(regularizer, scheduler, total_steps, runtime.device)
     loss_fn = task_loss(float_model, recipe, runtime)
     step = TrainStep(model, optimizer, scheduler, runtime, loss_fn, hook)

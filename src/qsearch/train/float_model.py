@@ -38,6 +38,7 @@ from qsearch.train.loop import (
     cross_entropy_loss,
     evaluate,
 )
+from qsearch.train.recipe import FloatRecipe
 from qsearch.train.runtime import Runtime
 from qsearch.utils.io import load_torch, load_weights, reading_checkpoint, write_json
 
@@ -165,7 +166,7 @@ def _fit(
     monitor: Monitor | None,
 ) -> FloatCheckpoint:
     """SGD with a cosine schedule from a seeded initialization; saves the checkpoint."""
-    recipe, seed = cfg.train, float_seed(cfg)
+    recipe, seed = FloatRecipe.from_config(cfg.train), float_seed(cfg)
     identity = float_identity(cfg, runtime)
     key = float_key(identity)
     torch.manual_seed(seed)
@@ -179,7 +180,7 @@ def _fit(
         optimizer, epochs * len(loader), int(recipe.warmup_epochs) * len(loader)
     )
     step = TrainStep(
-        model, optimizer, scheduler, runtime, cross_entropy_loss(float(recipe.label_smoothing))
+        model, optimizer, scheduler, runtime, cross_entropy_loss(recipe.label_smoothing)
     )
     resume = ResumeFile(directory / "last.pt", {"key": key})
     title = f"{cfg.model.name}/{cfg.dataset.name}"

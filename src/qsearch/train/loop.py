@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from rich.progress import Progress
 from torch import Tensor, nn
 
 from qsearch.errors import UserError
+from qsearch.train.recipe import OptimizerSettings
 from qsearch.train.runtime import Runtime
 
 
@@ -47,24 +48,21 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     return loss
 
 
-def build_optimizer(model: nn.Module, recipe: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """SGD with momentum; no weight decay on biases, norms and other 1-d parameters.
-
-    ``recipe`` holds ``lr``, ``momentum``, ``nesterov`` and ``weight_decay``.
-    """
+def build_optimizer(model: nn.Module, recipe: OptimizerSettings) -> torch.optim.Optimizer:
+    """SGD with momentum; no weight decay on biases, norms and other 1-d parameters."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.dim() > 1 else no_decay).append(param)
     groups = [
-        {"params": decay, "weight_decay": float(recipe["weight_decay"])},
+        {"params": decay, "weight_decay": float(recipe.weight_decay)},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.SGD(
         groups,
-        lr=float(recipe["lr"]),
-        momentum=float(recipe["momentum"]),
-        nesterov=bool(recipe["nesterov"]),
+        lr=float(recipe.lr),
+        momentum=float(recipe.momentum),
+        nesterov=bool(recipe.nesterov),
     )
 
 
