@@ -12,10 +12,12 @@ benchmarks/proxy_ground_truth.json keyed by pair, policy and epochs, and reused:
 only fine-tunes what is missing, and a killed run keeps what finished. Proxies: the
 search's evaluator (`evaluator=retrain`) at several step counts and validation subset
 sizes, with no retraining but batch-norm statistics re-estimated (`evaluator.bn_batches`),
-and with distillation from the float model (`evaluator.distill_alpha`); each scored on the
-validation split as in a search, timed per evaluation. Output:
-benchmarks/proxy.json rows {pair, proxy, kendall_tau, spearman, top5_recall,
-seconds_per_eval, policies}, a table and scatter plots in docs/benchmarks.md.
+with distillation from the float model (`evaluator.distill_alpha`), and the weight-sharing
+supernet (`evaluator=supernet`, trained once per pair by `qsearch supernet`, its training
+time reported as setup_seconds); each scored on the validation split as in a search, timed
+per evaluation. Output: benchmarks/proxy.json rows {pair, proxy, kendall_tau, spearman,
+top5_recall, seconds_per_eval, setup_seconds, policies}, a table and scatter plots in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ PROXIES: dict[str, list[str]] = {
     "retrain-20-bn": ["evaluator.steps=20", "evaluator.bn_batches=8"],
     "distill-20": ["evaluator.steps=20", "evaluator.distill_alpha=0.5"],
     "distill-50": ["evaluator.steps=50", "evaluator.distill_alpha=0.5"],
+    # the weight-sharing supernet (`qsearch supernet`, trained once per pair; its default
+    # recipe: the dataset's fine-tune epochs), scored after re-estimating BN statistics
+    "supernet": ["evaluator=supernet"],
+    "supernet-bn2": ["evaluator=supernet", "evaluator.bn_batches=2"],
 }
 FIGURE = REPO / "docs" / "proxy_scatter.png"
 
@@ -188,19 +194,40 @@ def ground_truth(
     return accuracies
 
 
-def proxy_scores(pair: str, rows: list[dict[str, Any]], proxy: str) -> tuple[list[float], float]:
-    """Each policy's score under ``proxy`` (the search's evaluator, uncached) and the mean
-    seconds per evaluation."""
+def proxy_scores(
+    pair: str, rows: list[dict[str, Any]], proxy: str
+) -> tuple[list[float], float, float | None]:
+    """Each policy's score under ``proxy`` (the search's evaluator, uncached), the mean
+    seconds per evaluation, and the seconds spent training the supernet (None for the
+    retraining proxies)."""
     from qsearch.commands.search import retrain_evaluator
+    from qsearch.supernet.evaluator import locate_supernet, supernet_evaluator
 
     setup, space = _space(pair, PROXIES[proxy])
-    setup.float_checkpoint()
-    evaluator = retrain_evaluator(setup)
+    setup_seconds = None
+    if setup.cfg.evaluator.name == "supernet":
+        train_supernet(pair, proxy)
+        path = locate_supernet(setup, space)
+        setup_seconds = load_json(path.parent / "metrics.json", {})["train_seconds"]
+        setup.float_checkpoint()
+        evaluator: Any = supernet_evaluator(setup, path)
+    else:
+        setup.float_checkpoint()
+        evaluator = retrain_evaluator(setup)
     evaluator.cache = None  # time every evaluation
     scores, start = [], time.perf_counter()
     for row in rows:
         scores.append(evaluator(space.policy(*_searched(space, row))).accuracy)
-    return scores, (time.perf_counter() - start) / len(rows)
+    return scores, (time.perf_counter() - start) / len(rows), setup_seconds
+
+
+def train_supernet(pair: str, proxy: str) -> None:
+    """`qsearch supernet` with the pair's search overrides (a cached one returns at once)."""
+    overrides = [o for o in PROXIES[proxy] if not o.startswith("evaluator=")]
+    command = [str(Path(sys.executable).parent / "qsearch"), "supernet", *_overrides(pair)]
+    with tempfile.TemporaryDirectory() as tmp:
+        command += [*overrides, f"hydra.run.dir={tmp}/run"]
+        subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
 def summarise(results: list[dict[str, Any]]) -> str:
@@ -212,7 +239,8 @@ def summarise(results: list[dict[str, Any]]) -> str:
         "this machine, uncached.",
         "",
     ]
-    header = ["pair", "proxy", "Kendall tau", "Spearman", "top-5 recall", "s / eval", "policies"]
+    header = ["pair", "proxy", "Kendall tau", "Spearman", "top-5 recall", "s / eval"]
+    header += ["s once (supernet)", "policies"]
     table = [
         [
             r["pair"],
@@ -221,6 +249,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
             f"{r['spearman']:.2f}",
             f"{r['top5_recall']:.1f}",
             f"{r['seconds_per_eval']:.2f}",
+            "" if r.get("setup_seconds") is None else f"{r['setup_seconds']:.0f}",
             r["policies"],
         ]
         for r in results
@@ -276,7 +305,7 @@ def main() -> None:
         rows = policy_rows(pair, files, args.mixed)
         truth = ground_truth(pair, rows, args.finetune_epochs, files)
         for proxy in args.proxies:
-            scores, seconds = proxy_scores(pair, rows, proxy)
+            scores, seconds, setup_seconds = proxy_scores(pair, rows, proxy)
             score = fidelity(truth, scores)
             result = {
                 "pair": pair,
@@ -285,6 +314,7 @@ def main() -> None:
                 "spearman": round(score.spearman, 4),
                 "top5_recall": score.top5_recall,
                 "seconds_per_eval": round(seconds, 3),
+                "setup_seconds": None if setup_seconds is None else round(setup_seconds, 1),
                 "policies": score.policies,
                 "finetune_epochs": args.finetune_epochs,
                 "truth_spread": round(float(np.ptp(truth)), 2),

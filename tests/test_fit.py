@@ -1,4 +1,5 @@
-"""The epoch driver: a killed run of every kind resumes to the numbers of an unkilled one."""
+"""The epoch driver: a killed run of every kind (float, fine-tune, dynamic, supernet)
+resumes to the numbers of an unkilled one."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import pytest
 import torch
 from torch import nn
 
+from qsearch.commands.search import build_space
 from qsearch.data import build_data
 from qsearch.dynamic.settings import DynamicSettings, plan_dynamic
 from qsearch.dynamic.train import DynamicSetup, train_dynamic
 from qsearch.models import build_model, model_inventory
 from qsearch.quant.layers import QuantizerSpec
 from qsearch.quant.policy import Policy
+from qsearch.supernet.train import train_supernet
 from qsearch.train.finetune import finetune
 from qsearch.train.fit import Monitor, TrainContext
 from qsearch.train.float_model import load_float_weights, train_float
-from qsearch.train.recipe import DynamicRecipe, FinetuneRecipe
+from qsearch.train.recipe import DynamicRecipe, FinetuneRecipe, SupernetRecipe
 from qsearch.train.runtime import resolve_runtime
 from tests.conftest import compose
 
@@ -82,7 +85,23 @@ def _dynamic(setup, workdir: Path, monitor: Monitor) -> Run:
     return result.history, result.model
 
 
-RUNS: dict[str, Callable[..., Run]] = {"float": _float, "finetune": _finetune, "dynamic": _dynamic}
+def _supernet(setup, workdir: Path, monitor: Monitor) -> Run:
+    _, data, runtime, model, inventory, _ = setup
+    cfg = compose("supernet", f"evaluator.epochs={EPOCHS}", "search.search_activations=true")
+    space = build_space(cfg, inventory)
+    context = TrainContext(data, runtime, cfg.dataset, seed=0, workdir=workdir)
+    recipe = SupernetRecipe.from_config(cfg.evaluator)
+    spec = QuantizerSpec.from_config(cfg.quantizer)
+    result = train_supernet(model, space, spec, recipe, context, monitor)
+    return result.history, result.model
+
+
+RUNS: dict[str, Callable[..., Run]] = {
+    "float": _float,
+    "finetune": _finetune,
+    "dynamic": _dynamic,
+    "supernet": _supernet,
+}
 
 
 @pytest.mark.parametrize("kind", sorted(RUNS))

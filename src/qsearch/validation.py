@@ -243,6 +243,7 @@ RULES: list[tuple[str, Rule]] = [
     ("evaluator.bn_batches", COUNT),
     ("evaluator.distill_alpha", UNIT),
     ("evaluator.distill_temperature", POSITIVE),
+    ("evaluator.random_policies", COUNT),  # evaluator=supernet: its sandwich rule
     # evaluator=synthetic
     ("evaluator.float_accuracy", Range(low=0, high=100, low_open=True)),
     ("evaluator.drop_at_3bit", POSITIVE),

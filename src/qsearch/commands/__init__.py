@@ -29,6 +29,9 @@ COMMANDS: dict[str, Command] = {
     "search": Command(
         "qsearch.commands.search", "search per-layer bitwidths (releq, haq, random, bayes, ...)"
     ),
+    "supernet": Command(
+        "qsearch.commands.supernet", "train the weight-shared multi-bit supernet of a search space"
+    ),
     "train": Command(
         "qsearch.commands.train", "train a float model (cached by model, dataset, seed, recipe)"
     ),

@@ -26,6 +26,7 @@ from qsearch.quant.policy import Policy
 from qsearch.report.figures import bits_figure, pareto_figure
 from qsearch.report.live import SearchMonitor, bits_text
 from qsearch.setup import Setup
+from qsearch.supernet.evaluator import SupernetEvaluator, locate_supernet, supernet_evaluator
 from qsearch.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def _finish(
 class Scorer:
     """What turns a policy into an accuracy, and the float model's numbers it starts from."""
 
-    evaluator: PolicyEvaluator | SyntheticLandscape
+    evaluator: PolicyEvaluator | SyntheticLandscape | SupernetEvaluator
     data: DataSplits | None
     float_meta: dict[str, Any]
     float_accuracy: float
@@ -198,13 +199,18 @@ class Scorer:
 
 def _build_scorer(cfg: DictConfig, space: SearchSpace, setup: Setup) -> Scorer:
     """``evaluator=synthetic``: the landscape (no data, no training); otherwise the float
-    model (trained first when not cached) and its short-retraining evaluator."""
+    model (trained first when not cached) and its short-retraining evaluator, or with
+    ``evaluator=supernet`` the cached supernet."""
     if cfg.evaluator.name == "synthetic":
         landscape = SyntheticLandscape(space, SyntheticConfig.from_config(cfg.evaluator))
         landscape.optimum()  # a UserError without a budget, before any work
         return Scorer(landscape, None, {"test_acc": None}, landscape.float_accuracy)
+    supernet = locate_supernet(setup, space) if cfg.evaluator.name == "supernet" else None
     float_checkpoint = load_trained_float(setup)
-    evaluator = retrain_evaluator(setup)
+    if supernet is not None:
+        evaluator: PolicyEvaluator | SupernetEvaluator = supernet_evaluator(setup, supernet)
+    else:
+        evaluator = retrain_evaluator(setup)
     return Scorer(evaluator, setup.data, float_checkpoint.meta, evaluator.float_accuracy())
 
 

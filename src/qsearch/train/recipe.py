@@ -8,10 +8,11 @@ defaults of their own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class OptimizerSettings(Protocol):
@@ -22,6 +23,10 @@ class OptimizerSettings(Protocol):
     momentum: float
     nesterov: bool
     weight_decay: float
+
+
+R = TypeVar("R", bound="SgdRecipe")
+_CONVERT: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 @dataclass(frozen=True)
@@ -37,17 +42,18 @@ class SgdRecipe:
     nesterov: bool
     warmup_epochs: int
 
-    @staticmethod
-    def _sgd(node: DictConfig) -> dict[str, Any]:
-        return {
-            "epochs": int(node.epochs),
-            "batch_size": int(node.batch_size),
-            "lr": float(node.lr),
-            "weight_decay": float(node.weight_decay),
-            "momentum": float(node.momentum),
-            "nesterov": bool(node.nesterov),
-            "warmup_epochs": int(node.warmup_epochs),
-        }
+    # config keys of fields not named like them (nested blocks)
+    _KEYS: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def from_config(cls: type[R], node: DictConfig) -> R:
+        """Every field read from ``node`` by its name (or its key in ``_KEYS``), converted
+        to the field's type."""
+        values = {}
+        for spec in fields(cls):
+            value = OmegaConf.select(node, cls._KEYS.get(spec.name, spec.name))
+            values[spec.name] = _CONVERT[str(spec.type)](value)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -55,10 +61,6 @@ class FloatRecipe(SgdRecipe):
     """Float training (``train:``, ``conf/recipe/float.yaml``), with label smoothing."""
 
     label_smoothing: float
-
-    @classmethod
-    def from_config(cls, node: DictConfig) -> FloatRecipe:
-        return cls(**cls._sgd(node), label_smoothing=float(node.label_smoothing))
 
 
 @dataclass(frozen=True)
@@ -74,17 +76,12 @@ class FinetuneRecipe(SgdRecipe):
     distill_alpha: float
     distill_temperature: float
 
-    @classmethod
-    def from_config(cls, node: DictConfig) -> FinetuneRecipe:
-        regularizer, distill = node.regularizer, node.distill
-        terms = {
-            "label_smoothing": float(node.label_smoothing),
-            "lambda_max": float(regularizer.lambda_max),
-            "lambda_schedule": str(regularizer.schedule),
-            "distill_alpha": float(distill.alpha),
-            "distill_temperature": float(distill.temperature),
-        }
-        return cls(**cls._sgd(node), **terms)
+    _KEYS: ClassVar[dict[str, str]] = {
+        "lambda_max": "regularizer.lambda_max",
+        "lambda_schedule": "regularizer.schedule",
+        "distill_alpha": "distill.alpha",
+        "distill_temperature": "distill.temperature",
+    }
 
 
 @dataclass(frozen=True)
@@ -94,6 +91,13 @@ class DynamicRecipe(SgdRecipe):
 
     controller_lr: float
 
-    @classmethod
-    def from_config(cls, node: DictConfig) -> DynamicRecipe:
-        return cls(**cls._sgd(node), controller_lr=float(node.controller_lr))
+
+@dataclass(frozen=True)
+class SupernetRecipe(SgdRecipe):
+    """``evaluator=supernet``'s training (``qsearch supernet``, from the float weights): the
+    sandwich rule with ``random_policies`` random policies per batch besides the lowest and
+    the highest; and its scoring: batch-norm statistics re-estimated on ``bn_batches``
+    training batches before every evaluation."""
+
+    random_policies: int
+    bn_batches: int
