@@ -9,9 +9,12 @@ import re
 import shlex
 from pathlib import Path
 
-from qsearch.env.evaluator import EvalResult
+import pytest
+
+from qsearch.env.evaluator import EvalResult, standard_error
 from qsearch.env.recorder import SearchRecorder
 from qsearch.quant.policy import Policy
+from qsearch.report.live import accuracy_text
 from tests.conftest import run_qsearch
 from tests.test_search_env import make_recorder, make_space
 
@@ -106,3 +109,26 @@ def test_search_where_every_retraining_diverges_fails_in_one_line(tmp_path: Path
         rows = list(csv.DictReader(handle))
     assert [row["diverged"] for row in rows] == ["True"] * 3
     assert {float(row["accuracy"]) for row in rows} == {10.0}  # chance on 10 digits
+
+
+class _Sampled:
+    """90 % on 400 validation samples: a standard error of 100 sqrt(0.9 * 0.1 / 400) = 1.5."""
+
+    def __call__(self, policy: Policy) -> EvalResult:
+        return EvalResult(90.0, 0.0, cached=False, samples=400)
+
+
+def test_accuracy_standard_error_is_logged_and_shown(tmp_path: Path) -> None:
+    space = make_space()
+    recorder = make_recorder(space, tmp_path, evaluator=_Sampled())
+    evaluation = recorder.evaluate(space.uniform(4))
+    assert evaluation.standard_error == pytest.approx(1.5)
+    assert accuracy_text(evaluation) == "90.00 ± 1.50"
+    with open(tmp_path / "evaluations.csv", newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["val_samples"] == "400" and row["accuracy_se"] == "1.500"
+    resumed = make_recorder(space, tmp_path, resume=True, evaluator=_Sampled())
+    [reloaded] = resumed.searched()
+    assert reloaded.standard_error == pytest.approx(1.5)
+    assert standard_error(97.0, 0) is None  # not a sample estimate (synthetic)
+    assert standard_error(100.0, 50) == 0.0

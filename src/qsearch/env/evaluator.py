@@ -16,6 +16,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -148,13 +149,28 @@ class EvalCache:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Validation accuracy (%) of a policy, the seconds it took, whether it was cached, and
-    whether its retraining diverged (then ``accuracy`` is chance)."""
+    """Validation accuracy (%) of a policy, the seconds it took, whether it was cached,
+    whether its retraining diverged (then ``accuracy`` is chance), and the number of
+    validation samples it was measured on (0: not a sample estimate)."""
 
     accuracy: float
     seconds: float
     cached: bool
     diverged: bool = False
+    samples: int = 0
+
+    @property
+    def standard_error(self) -> float | None:
+        """The binomial standard error of ``accuracy`` (percentage points), or None."""
+        return standard_error(self.accuracy, self.samples)
+
+
+def standard_error(accuracy: float, samples: int) -> float | None:
+    """``100 sqrt(p (1 - p) / n)`` for an accuracy of ``p`` measured on ``n`` samples."""
+    if samples <= 0:
+        return None
+    p = min(max(accuracy / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1.0 - p) / samples)
 
 
 class PolicyEvaluator:
@@ -198,6 +214,7 @@ class PolicyEvaluator:
         if retrain.val_subset is not None and retrain.val_subset < len(val):
             _, val = split_off(val, retrain.val_subset, seed)
         self.val_loader = TensorLoader(val, data.info, 512, device=device)
+        self.val_samples = len(val)
         self.calibration = next(iter(eval_loader(data, "train", batch_size=256, device=device)))[0]
         context = {
             **(context or {}),
@@ -229,7 +246,8 @@ class PolicyEvaluator:
         if self.cache is not None and (entry := self.cache.get(key)) is not None:
             self.hits += 1
             accuracy, seconds = float(entry["accuracy"]), float(entry["seconds"])
-            return EvalResult(accuracy, seconds, cached=True, diverged=bool(entry.get("diverged")))
+            diverged = bool(entry.get("diverged"))
+            return EvalResult(accuracy, seconds, True, diverged, self.val_samples)
         start = time.perf_counter()
         try:
             accuracy, diverged = self._retrain_and_evaluate(policy), False
@@ -241,7 +259,7 @@ class PolicyEvaluator:
         self.seconds += seconds
         if self.cache is not None:
             self.cache.put(key, accuracy, seconds, diverged)
-        return EvalResult(accuracy, seconds, cached=False, diverged=diverged)
+        return EvalResult(accuracy, seconds, False, diverged, self.val_samples)
 
     def _retrain_and_evaluate(self, policy: Policy) -> float:
         """Accuracy (%) after the short retraining.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qsearch.env.evaluator import EvalResult
+from qsearch.env.evaluator import EvalResult, standard_error
 from qsearch.env.rewards import ReleqReward
 from qsearch.env.space import SearchSpace
 from qsearch.quant.policy import Policy
@@ -45,6 +45,12 @@ class Evaluation:
     reference: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     diverged: bool = False  # its retraining diverged: accuracy is chance
+    samples: int = 0  # validation samples the accuracy was measured on (0: not a sample)
+
+    @property
+    def standard_error(self) -> float | None:
+        """Standard error of :attr:`accuracy` in points (None when not a sample estimate)."""
+        return standard_error(self.accuracy, self.samples)
 
     @property
     def rank(self) -> tuple[bool, float, float]:
@@ -73,7 +79,8 @@ class Objective:
 
 EvaluationHook = Callable[["Evaluation", "SearchRecorder"], None]
 
-# Columns of evaluations.csv (then the cost metrics, then "diverged") and episodes.csv.
+# Columns of evaluations.csv (then the cost metrics, then _TAIL_FIELDS) and episodes.csv.
+_TAIL_FIELDS = ["diverged", "val_samples", "accuracy_se"]  # added later: at the end
 _POLICY_FIELDS = ["agent", "w_bits", "a_bits", "accuracy", "cost", "feasible"]
 _EVAL_FIELDS = ["index", "episode", *_POLICY_FIELDS, "objective", "seconds", "cached", "reference"]
 _EPISODE_FIELDS = [
@@ -119,7 +126,7 @@ class SearchRecorder:
         if resume:
             self._reload()
         for path, fields in (
-            (self.evaluations_csv, [*_EVAL_FIELDS, *self.metric_names, "diverged"]),
+            (self.evaluations_csv, [*_EVAL_FIELDS, *self.metric_names, *_TAIL_FIELDS]),
             (self.episodes_csv, _EPISODE_FIELDS),
         ):
             if not path.is_file():
@@ -163,6 +170,7 @@ class SearchRecorder:
             reference=reference,
             metrics=self.space.cost.metrics(policy),
             diverged=result.diverged,
+            samples=result.samples,
         )
         self.seen[key] = evaluation
         if not reference:
@@ -186,6 +194,8 @@ class SearchRecorder:
                 reference,
                 *(f"{evaluation.metrics[name]:.6g}" for name in self.metric_names),
                 evaluation.diverged,
+                evaluation.samples,
+                "" if (se := evaluation.standard_error) is None else f"{se:.3f}",
             ],
         )
         if self.on_evaluation is not None:
@@ -261,6 +271,7 @@ class SearchRecorder:
                             cached=row["cached"] == "True",
                             reference=row["reference"] == "True",
                             diverged=row.get("diverged") == "True",
+                            samples=int(row.get("val_samples") or 0),
                         )
                     except (AttributeError, KeyError, TypeError, ValueError):
                         continue  # a line torn by the crash

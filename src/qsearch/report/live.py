@@ -87,7 +87,7 @@ class SearchMonitor:
             table.add_column(column)
         if best is not None:
             table.add_row(
-                f"{best.accuracy:.2f}",
+                accuracy_text(best),
                 f"{best.accuracy - self.float_accuracy:+.2f}",
                 f"{best.cost / self.reference_cost:.3f}",
                 str(best.feasible),
@@ -116,3 +116,9 @@ class SearchMonitor:
                 bits_text(best.w_bits),
                 extra=DETAIL,
             )
+
+
+def accuracy_text(evaluation: Evaluation) -> str:
+    """``97.22 ± 0.48``: the accuracy with its standard error when it is a sample estimate."""
+    se = evaluation.standard_error
+    return f"{evaluation.accuracy:.2f}" if se is None else f"{evaluation.accuracy:.2f} ± {se:.2f}"

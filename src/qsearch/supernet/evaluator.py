@@ -60,6 +60,7 @@ class SupernetEvaluator:
         if scoring.val_subset is not None and scoring.val_subset < len(val):
             _, val = split_off(val, scoring.val_subset, scoring.seed)
         self.val_loader = TensorLoader(val, data.info, 512, device=device)
+        self.val_samples = len(val)
         self.bn_loader = TensorLoader(
             data.train, data.info, 256, shuffle=True, seed=scoring.seed, device=device
         )
@@ -76,7 +77,8 @@ class SupernetEvaluator:
         key = policy.key()
         if self.cache is not None and (entry := self.cache.get(key)) is not None:
             self.hits += 1
-            return EvalResult(float(entry["accuracy"]), float(entry["seconds"]), cached=True)
+            accuracy, seconds = float(entry["accuracy"]), float(entry["seconds"])
+            return EvalResult(accuracy, seconds, cached=True, samples=self.val_samples)
         start = time.perf_counter()
         accuracy = score_policy(
             self.model, policy, self.bn_loader, self.bn_batches, self.val_loader, self.runtime
@@ -86,7 +88,7 @@ class SupernetEvaluator:
         self.seconds += seconds
         if self.cache is not None:
             self.cache.put(key, accuracy, seconds)
-        return EvalResult(accuracy, seconds, cached=False)
+        return EvalResult(accuracy, seconds, cached=False, samples=self.val_samples)
 
 
 def train_command() -> str:
