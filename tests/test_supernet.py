@@ -3,7 +3,6 @@ cache, and ``evaluator=supernet`` through the CLI."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 from pathlib import Path
@@ -14,12 +13,13 @@ import torch.nn.functional as F
 
 from qsearch.commands.search import build_space
 from qsearch.errors import UserError
-from qsearch.quant.layers import quant_layers, quantize_model, set_policy_bits
+from qsearch.quant.layers import quant_layers, set_policy_bits
 from qsearch.setup import Setup
 from qsearch.supernet.model import (
     SwitchableQuantizer,
     build_supernet,
     calibrate_all_bits,
+    extract_policy_model,
     score_policy,
     space_choices,
     switchables,
@@ -48,12 +48,8 @@ def test_supernet_at_mixed_bits_equals_the_standalone_quantized_model(parts) -> 
     setup, space, model, images = parts
     n = len(space.searchable)
     policy = space.policy([2, 5, 3][:n], [8, 2, 4][:n])
-    set_policy_bits(model, policy)
-    standalone = quantize_model(copy.deepcopy(setup.float_model), policy, setup.spec)
-    for name, layer in quant_layers(standalone):  # the supernet's steps for these bits
-        twin = model.get_submodule(name)
-        layer.weight_quant.load_state_dict(twin.weight_quant.active.state_dict())
-        layer.act_quant.load_state_dict(twin.act_quant.active.state_dict())
+    standalone = extract_policy_model(model, policy, setup.spec, setup.float_model)
+    assert type(standalone.get_submodule(space.names[1]).weight_quant).__name__ == "LsqQuantizer"
     model.eval(), standalone.eval()
     with torch.no_grad():
         assert torch.equal(model(images), standalone(images))
@@ -164,3 +160,12 @@ def test_cli_train_then_search_and_the_errors_around_it(tmp_path: Path) -> None:
     other = run_qsearch(*search, "search.w_bits=[2,3,6]", cwd=tmp_path)
     assert other.returncode == 2 and "other bit choices" in other.stderr
     assert "qsearch supernet search.w_bits=[2,3,6]" in other.stderr
+    tune = ("finetune", "w_bits=2", "a_bits=8", "finetune.epochs=1")
+    started = run_qsearch(*tune, "finetune.init=supernet", cwd=tmp_path)  # the newest run
+    assert started.returncode == 0, started.stderr
+    [tuned] = tmp_path.glob("outputs/finetune/*")
+    newest = max(tmp_path.glob("outputs/supernet/*/model.pt"))  # named by start time
+    assert json.loads((tuned / "metrics.json").read_text())["init"] == str(newest.resolve())
+    [float_file] = tmp_path.glob("cache/float/*/model.pt")
+    wrong = run_qsearch(*tune, f"finetune.init={float_file}", cwd=tmp_path)
+    assert wrong.returncode == 2 and "is not a qsearch supernet" in wrong.stderr

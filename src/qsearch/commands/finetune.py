@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import logging
+from itertools import islice
+from pathlib import Path
 
 from omegaconf import DictConfig
 from rich.table import Table
+from torch import nn
 
 from qsearch.checkpoint import save_quantized
 from qsearch.commands._common import console, load_trained_float, run_dir
+from qsearch.data import eval_loader
+from qsearch.quant.bn import reestimate_bn
+from qsearch.quant.policy import Policy
 from qsearch.report.figures import curves_figure
 from qsearch.report.progress import training_progress
 from qsearch.setup import Setup
+from qsearch.supernet.model import extract_policy_model
+from qsearch.supernet.store import load_supernet, supernet_file
 from qsearch.train.finetune import finetune, finetune_summary
 from qsearch.train.fit import Monitor, TrainContext
 from qsearch.train.recipe import FinetuneRecipe
@@ -25,6 +33,8 @@ def run(cfg: DictConfig) -> None:
     curves.png."""
     setup = Setup.from_config(cfg)
     policy, recipe = setup.policy(), FinetuneRecipe.from_config(cfg.finetune)
+    init = str(cfg.finetune.init)
+    supernet = None if init == "float" else supernet_file(init, cfg.model.name, cfg.dataset.name)
     float_checkpoint = load_trained_float(setup)
     runtime, data, float_model = setup.runtime, setup.data, setup.float_model
     inventory, spec = setup.inventory, setup.spec
@@ -38,8 +48,9 @@ def run(cfg: DictConfig) -> None:
 
     out = run_dir()
     context = TrainContext(data, runtime, cfg.dataset, int(cfg.seed), workdir=out)
+    start = None if supernet is None else _from_supernet(supernet, setup, policy)
     with training_progress() as progress:
-        result = finetune(float_model, policy, spec, recipe, context, Monitor(progress))
+        result = finetune(float_model, policy, spec, recipe, context, Monitor(progress), start)
     accuracy = finetune_summary(result, float_checkpoint.meta)
     bits = policy.average_bits(inventory)
     policy.metadata.update(
@@ -56,6 +67,7 @@ def run(cfg: DictConfig) -> None:
         "average_bits": bits,
         "quantizer": spec.name,
         "float_checkpoint": str(float_checkpoint.path),
+        "init": "float" if supernet is None else str(supernet),
         "history": result.history,
     }
     save_quantized(out / "model.pt", result.model, policy, cfg, meta)
@@ -74,6 +86,20 @@ def run(cfg: DictConfig) -> None:
         f"({bits['w_per_param']:.2f} per parameter), activations {bits['a_mean']:.2f}"
     )
     console.print(f"output: {out}")
+
+
+def _from_supernet(path: Path, setup: Setup, policy: Policy) -> nn.Module:
+    """The policy's model taken out of the supernet at ``path``, its batch-norm statistics
+    re-estimated for these bits on 8 training batches."""
+    log.info("starting from the supernet %s", path)
+    supernet = load_supernet(path, setup.float_model, setup.spec)
+    model = setup.runtime.prepare(
+        extract_policy_model(supernet, policy, setup.spec, setup.float_model)
+    )
+    device = str(setup.runtime.device)
+    batches = eval_loader(setup.data, "train", batch_size=256, device=device)
+    reestimate_bn(model, (images for images, _ in islice(batches, 8)))
+    return model
 
 
 def _summary_table(cfg: DictConfig, accuracy: dict[str, float]) -> Table:

@@ -25,6 +25,7 @@ from qsearch.quant.layers import (
     QuantizerFactory,
     QuantizerSpec,
     calibrate,
+    quant_layers,
     quantize_model,
     set_policy_bits,
 )
@@ -154,3 +155,30 @@ def score_policy(
         device = next(model.parameters()).device
         reestimate_bn(model, (x.to(device) for x, _ in islice(iter(bn_images), bn_batches)))
     return evaluate(model, val, runtime).accuracy
+
+
+def extract_policy_model(
+    supernet: nn.Module, policy: Policy, spec: QuantizerSpec, float_model: nn.Module
+) -> nn.Module:
+    """A standalone quantized model of ``policy`` (``quantize_model`` of ``spec``) holding
+    the supernet's weights and, per layer, the state (LSQ step) of the policy's bits: what
+    ``qsearch finetune finetune.init=supernet`` starts from.
+
+    Raises:
+        UserError: the policy asks for bits the supernet was not trained for.
+    """
+    set_policy_bits(supernet, policy)
+    model = quantize_model(copy.deepcopy(float_model), policy, spec).to(
+        next(supernet.parameters()).device
+    )
+    shared = {
+        key: value
+        for key, value in supernet.state_dict().items()
+        if ".weight_quant." not in key and ".act_quant." not in key
+    }
+    model.load_state_dict(shared, strict=False)  # the quantizers' state comes next
+    for name, layer in quant_layers(model):
+        twin = supernet.get_submodule(name)
+        layer.weight_quant.load_state_dict(twin.weight_quant.active.state_dict())
+        layer.act_quant.load_state_dict(twin.act_quant.active.state_dict())
+    return model

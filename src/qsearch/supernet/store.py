@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from qsearch.checkpoint import write_checkpoint
+from qsearch.checkpoint import checkpoint_path, write_checkpoint
 from qsearch.config import freeze_config
 from qsearch.errors import UserError
 from qsearch.quant.layers import QuantizerSpec
@@ -150,3 +150,30 @@ def load_supernet(path: Path, float_model: nn.Module, spec: QuantizerSpec) -> nn
     with reading_checkpoint(path, "supernet"):
         state_dict = blob["state_dict"]
     return load_weights(model, state_dict, path)
+
+
+def supernet_file(
+    value: str, model: str, dataset: str, root: Path = Path("outputs/supernet")
+) -> Path:
+    """The supernet ``finetune.init`` names: ``supernet`` (the newest ``qsearch supernet``
+    run of ``model`` on ``dataset``), a run directory, or a ``model.pt``.
+
+    Raises:
+        UserError: there is none, or the file is not a qsearch supernet.
+    """
+    if value == "supernet":
+        candidates = sorted(
+            root.glob(f"*_{model}_{dataset}/model.pt"), key=lambda path: path.stat().st_mtime
+        )
+        if not candidates:
+            raise UserError(
+                f"finetune.init=supernet: no `qsearch supernet` run of {model} on {dataset} "
+                f"under {root} (train one with the search's overrides, or give its path)"
+            )
+        path = candidates[-1]
+    else:
+        path = checkpoint_path(value)
+        if not path.is_file():
+            raise UserError(f"finetune.init={value}: no such supernet file or run dir")
+    read_choices(path)  # a UserError unless it is a supernet
+    return path.resolve()

@@ -94,15 +94,21 @@ def finetune(
     recipe: FinetuneRecipe,
     context: TrainContext,
     monitor: Monitor | None = None,
+    init: nn.Module | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``policy`` on ``float_model`` with ``recipe`` (``conf/finetune.yaml``).
 
-    With ``context.workdir`` set, ``last.pt`` is written there after every epoch and picked
-    up again by a later call with the same arguments.
+    ``init``: the quantized model to start from (its quantizers initialized), instead of
+    ``float_model`` quantized and calibrated (``finetune.init=supernet``). With
+    ``context.workdir`` set, ``last.pt`` is written there after every epoch and picked up
+    again by a later call with the same arguments.
     """
     torch.manual_seed(context.seed)
     runtime = context.runtime
-    model = build_quantized(float_model, policy, spec, context.data, runtime)
+    if init is None:
+        model = build_quantized(float_model, policy, spec, context.data, runtime)
+    else:
+        model = runtime.prepare(init)
     val, test = context.eval_loader("val"), context.eval_loader("test")
     accuracy = {
         "before_val": evaluate(model, val, runtime).accuracy,
