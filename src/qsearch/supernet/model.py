@@ -1,10 +1,10 @@
 """The supernet model: every quantized layer can run at any of its (w, a) bit choices.
 
 Each layer keeps its float weights once and, per role, one quantizer per bitwidth
-(:class:`SwitchableQuantizer`): with LSQ, one learned step size per layer per bitwidth, as in
-any-precision / once-for-all quantization (Jin et al., "AdaBits", CVPR 2020; Cai & Vasconcelos,
-"Rethinking differentiable search for mixed-precision neural networks", CVPR 2020).
-:func:`set_policy_bits` switches every layer to a policy's bits.
+(:class:`SwitchableQuantizer`): with LSQ, one learned step size per layer per bitwidth,
+like the switchable clipping levels of adaptive-bitwidth networks (Jin et al., "AdaBits",
+CVPR 2020). :func:`~qsearch.quant.layers.set_policy_bits` switches every layer to a
+policy's bits.
 """
 
 from __future__ import annotations
