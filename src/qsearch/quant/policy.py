@@ -26,7 +26,7 @@ import yaml
 from qsearch import __version__
 from qsearch.errors import UserError
 from qsearch.models.inventory import LayerInfo
-from qsearch.utils.io import write_text
+from qsearch.utils.io import newest_match, write_text
 
 POLICY_FORMAT = "qsearch-policy/1"
 FLOAT_BITS = 32
@@ -209,15 +209,13 @@ def parse_uniform(spec: str) -> tuple[int, int] | None:
 
 def latest_search_policy(model: str, dataset: str, root: Path = Path("outputs/search")) -> Path:
     """The ``policy.yaml`` of the newest finished search of ``model`` on ``dataset``."""
-    candidates = sorted(
-        root.glob(f"*_{model}_{dataset}/policy.yaml"), key=lambda path: path.stat().st_mtime
-    )
-    if not candidates:
+    newest = newest_match(root, f"*_{model}_{dataset}/policy.yaml")
+    if newest is None:
         raise UserError(
             f"policy=latest: no finished search of {model} on {dataset} under "
             f"{root} (run `qsearch search model={model} dataset={dataset}`)"
         )
-    return candidates[-1]
+    return newest
 
 
 def resolve_policy(

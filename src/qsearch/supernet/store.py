@@ -26,7 +26,13 @@ from qsearch.quant.layers import QuantizerSpec
 from qsearch.supernet.model import LayerChoices, build_supernet
 from qsearch.train.float_model import float_identity, float_key, float_seed
 from qsearch.train.runtime import Runtime
-from qsearch.utils.io import load_torch, load_weights, reading_checkpoint, write_json
+from qsearch.utils.io import (
+    load_torch,
+    load_weights,
+    newest_match,
+    reading_checkpoint,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +168,13 @@ def supernet_file(
         UserError: there is none, or the file is not a qsearch supernet.
     """
     if value == "supernet":
-        candidates = sorted(
-            root.glob(f"*_{model}_{dataset}/model.pt"), key=lambda path: path.stat().st_mtime
-        )
-        if not candidates:
+        newest = newest_match(root, f"*_{model}_{dataset}/model.pt")
+        if newest is None:
             raise UserError(
                 f"finetune.init=supernet: no `qsearch supernet` run of {model} on {dataset} "
                 f"under {root} (train one with the search's overrides, or give its path)"
             )
-        path = candidates[-1]
+        path = newest
     else:
         path = checkpoint_path(value)
         if not path.is_file():

@@ -107,3 +107,8 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str | 
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{source}: weights do not fit the model: {first}") from exc
     return model
+
+
+def newest_match(root: Path, pattern: str) -> Path | None:
+    """The most recently modified path under ``root`` matching the glob ``pattern``."""
+    return max(root.glob(pattern), key=lambda path: path.stat().st_mtime, default=None)
