@@ -204,15 +204,14 @@ def proxy_scores(
     from qsearch.supernet.evaluator import locate_supernet, supernet_evaluator
 
     setup, space = _space(pair, PROXIES[proxy])
+    setup.float_checkpoint()
     setup_seconds = None
     if setup.cfg.evaluator.name == "supernet":
         train_supernet(pair, proxy)
         path = locate_supernet(setup, space)
         setup_seconds = load_json(path.parent / "metrics.json", {})["train_seconds"]
-        setup.float_checkpoint()
         evaluator: Any = supernet_evaluator(setup, path)
     else:
-        setup.float_checkpoint()
         evaluator = retrain_evaluator(setup)
     evaluator.cache = None  # time every evaluation
     scores, start = [], time.perf_counter()

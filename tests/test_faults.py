@@ -30,7 +30,7 @@ from qsearch.commands import COMMANDS
 from qsearch.config import compose_config, config_dir, group_options
 from qsearch.errors import UserError
 from qsearch.quant.policy import POLICY_FORMAT
-from qsearch.validation import RULES, check_ranges, check_value, rule_for
+from qsearch.validation import RULES, check_ranges, check_value, leaf_keys, rule_for
 from tests.conftest import GROUP_PACKAGE, compose_filled, run_qsearch
 
 MARKER = "pwned"  # what the malicious checkpoints create when they are unpickled
@@ -407,21 +407,13 @@ def _numeric_leaves(node: Any, prefix: str = "") -> Iterator[str]:
         yield prefix
 
 
-def _leaves(node: Any, prefix: str = "") -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix
-
-
 def test_every_numeric_setting_has_a_range_and_every_rule_a_setting() -> None:
     keys: set[str] = set()
     for name, cfg in _configs().items():
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         for key in _numeric_leaves(plain):
             assert rule_for(key) is not None, f"{key} ({name}) has no row in validation.RULES"
-        keys.update(_leaves(plain))
+        keys.update(leaf_keys(plain))
     for pattern, _ in RULES:
         assert any(fnmatchcase(key, pattern) for key in keys), f"no setting matches {pattern}"
 

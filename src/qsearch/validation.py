@@ -320,11 +320,11 @@ def rule_for(key: str) -> Rule | None:
     return next((rule for pattern, rule in RULES if fnmatchcase(key, pattern)), None)
 
 
-def _leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
+def leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
     """Dotted keys of every leaf of a plain container (a list counts as one leaf)."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _leaf_keys(value, f"{prefix}.{key}" if prefix else str(key))
+            yield from leaf_keys(value, f"{prefix}.{key}" if prefix else str(key))
     else:
         yield prefix
 
@@ -370,7 +370,7 @@ def check_ranges(cfg: DictConfig, first: Iterable[str] = ()) -> None:
         UserError: naming the first key out of range and its allowed range.
     """
     plain = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
-    keys = list(_leaf_keys(plain))
+    keys = list(leaf_keys(plain))
     ordered = [k for k in first if k in keys] + [k for k in keys if k not in set(first)]
     for key in ordered:
         if rule_for(key) is None:
