@@ -110,3 +110,38 @@ def update_doc_section(name: str, body: str) -> Path:
     )
     DOC.write_text(text)
     return DOC
+
+
+def qsearch_command(*args: str) -> list[str]:
+    """``qsearch <args>`` with the interpreter's own entry point."""
+    import sys
+
+    return [str(Path(sys.executable).parent / "qsearch"), *args]
+
+
+def finetune_policy(policy: Any, overrides: list[str]) -> dict[str, float]:
+    """Fine-tune ``policy`` (a :class:`~qsearch.quant.policy.Policy`) with the product's
+    ``qsearch finetune`` (seed 0 unless ``overrides`` say otherwise) in a temporary run
+    dir: ``{"test", "val", "seconds"}`` accuracies after the fine-tune."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        policy_file = Path(tmp) / "policy.yaml"
+        policy.save(policy_file)
+        start = time.perf_counter()
+        command = qsearch_command(
+            "finetune",
+            f"model={policy.model}",
+            f"dataset={policy.dataset}",
+            f"policy={policy_file}",
+            "seed=0",
+            *overrides,
+            f"hydra.run.dir={tmp}/run",
+        )
+        subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        metrics = read_json_file(Path(tmp) / "run" / "metrics.json", {})
+    return {
+        "test": metrics["accuracy"]["after_test"],
+        "val": metrics["accuracy"]["after_val"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }

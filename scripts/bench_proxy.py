@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from _bench import REPO, RESULTS_DIR, markdown_table, update_doc_section
+from _bench import (
+    REPO,
+    RESULTS_DIR,
+    finetune_policy,
+    markdown_table,
+    qsearch_command,
+    update_doc_section,
+)
 from _bench import read_json_file as load_json
 from _bench import write_json_file as save_json
 
@@ -116,10 +122,9 @@ def policy_rows(pair: str, files: Files, mixed: int = MIXED) -> list[dict[str, A
     if pair in saved:
         return saved[pair]
     _, space = _space(pair)
-    n = len(space.searchable)
 
     def cost(w: int, a: int) -> float:
-        return space.cost.total(space.policy([w] * n, [a] * n))
+        return space.cost.total(space.uniform_pair(w, a))
 
     low, high = cost(2, 2), cost(5, 5)
     rows = [
@@ -129,7 +134,7 @@ def policy_rows(pair: str, files: Files, mixed: int = MIXED) -> list[dict[str, A
     for w in space.w_choices:
         for a in space.a_choices:
             if low <= cost(w, a) <= high:
-                policy = space.policy([w] * n, [a] * n)
+                policy = space.uniform_pair(w, a)
                 rows.append({"name": f"W{w}A{a}", "w_bits": policy.w_bits, "a_bits": policy.a_bits})
     for row in rows:
         row["bitops"] = space.cost.total(space.policy(*_searched(space, row)))
@@ -149,6 +154,10 @@ def _policy_key(row: dict[str, Any]) -> str:
     return " ".join(f"{w}/{a}" for w, a in zip(row["w_bits"], row["a_bits"], strict=True))
 
 
+def _truth_key(pair: str, row: dict[str, Any], epochs: int | None) -> str:
+    return f"{pair}|{_policy_key(row)}|epochs={epochs or 'default'}"
+
+
 def ground_truth(
     pair: str, rows: list[dict[str, Any]], epochs: int | None, files: Files
 ) -> list[float]:
@@ -161,33 +170,12 @@ def ground_truth(
     truth = load_json(files.ground_truth, {})
     accuracies = []
     for i, row in enumerate(rows):
-        key = f"{pair}|{_policy_key(row)}|epochs={epochs or 'default'}"
+        key = _truth_key(pair, row, epochs)
         if key not in truth:
-            with tempfile.TemporaryDirectory() as tmp:
-                policy_file = Path(tmp) / "policy.yaml"
-                names = [layer.name for layer in space.inventory]
-                Policy.from_bits(model, dataset, names, row["w_bits"], row["a_bits"]).save(
-                    policy_file
-                )
-                start = time.perf_counter()
-                command = [
-                    str(Path(sys.executable).parent / "qsearch"),
-                    "finetune",
-                    f"model={model}",
-                    f"dataset={dataset}",
-                    f"policy={policy_file}",
-                    "seed=0",
-                    f"hydra.run.dir={tmp}/run",
-                ]
-                if epochs is not None:
-                    command.append(f"finetune.epochs={epochs}")
-                subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-                metrics = load_json(Path(tmp) / "run" / "metrics.json", {})
-            truth[key] = {
-                "test": metrics["accuracy"]["after_test"],
-                "val": metrics["accuracy"]["after_val"],
-                "seconds": round(time.perf_counter() - start, 1),
-            }
+            names = [layer.name for layer in space.inventory]
+            policy = Policy.from_bits(model, dataset, names, row["w_bits"], row["a_bits"])
+            overrides = [] if epochs is None else [f"finetune.epochs={epochs}"]
+            truth[key] = finetune_policy(policy, overrides)
             save_json(files.ground_truth, truth)
             print(f"{pair} {row['name']} ({i + 1}/{len(rows)}): {truth[key]}", flush=True)
         accuracies.append(float(truth[key]["test"]))
@@ -196,20 +184,20 @@ def ground_truth(
 
 def proxy_scores(
     pair: str, rows: list[dict[str, Any]], proxy: str
-) -> tuple[list[float], float, float | None]:
+) -> tuple[list[float], float, dict[str, Any] | None]:
     """Each policy's score under ``proxy`` (the search's evaluator, uncached), the mean
-    seconds per evaluation, and the seconds spent training the supernet (None for the
-    retraining proxies)."""
+    seconds per evaluation, and the supernet's metrics.json (its training seconds and
+    accuracy at each uniform bitwidth; None for the retraining proxies)."""
     from qsearch.commands.search import retrain_evaluator
     from qsearch.supernet.evaluator import locate_supernet, supernet_evaluator
 
     setup, space = _space(pair, PROXIES[proxy])
     setup.float_checkpoint()
-    setup_seconds = None
+    supernet = None
     if setup.cfg.evaluator.name == "supernet":
         train_supernet(pair, proxy)
         path = locate_supernet(setup, space)
-        setup_seconds = load_json(path.parent / "metrics.json", {})["train_seconds"]
+        supernet = load_json(path.parent / "metrics.json", {})
         evaluator: Any = supernet_evaluator(setup, path)
     else:
         evaluator = retrain_evaluator(setup)
@@ -217,13 +205,35 @@ def proxy_scores(
     scores, start = [], time.perf_counter()
     for row in rows:
         scores.append(evaluator(space.policy(*_searched(space, row))).accuracy)
-    return scores, (time.perf_counter() - start) / len(rows), setup_seconds
+    return scores, (time.perf_counter() - start) / len(rows), supernet
+
+
+def supernet_vs_finetuned(
+    pair: str,
+    rows: list[dict[str, Any]],
+    supernet: dict[str, Any],
+    epochs: int | None,
+    files: Files,
+) -> dict[str, dict[str, float]]:
+    """The supernet's validation accuracy at each uniform WkAk of the policy set (no
+    retraining) against a model fine-tuned separately at those bits (the ground truth)."""
+    truth = load_json(files.ground_truth, {})
+    by_name = {row["name"]: truth[_truth_key(pair, row, epochs)] for row in rows}
+    return {
+        bits: {
+            "supernet_val": accuracy,
+            "finetuned_val": by_name[f"W{bits}A{bits}"]["val"],
+            "finetuned_test": by_name[f"W{bits}A{bits}"]["test"],
+        }
+        for bits, accuracy in supernet.get("uniform_val_acc", {}).items()
+        if f"W{bits}A{bits}" in by_name
+    }
 
 
 def train_supernet(pair: str, proxy: str) -> None:
     """`qsearch supernet` with the pair's search overrides (a cached one returns at once)."""
     overrides = [o for o in PROXIES[proxy] if not o.startswith("evaluator=")]
-    command = [str(Path(sys.executable).parent / "qsearch"), "supernet", *_overrides(pair)]
+    command = qsearch_command("supernet", *_overrides(pair))
     with tempfile.TemporaryDirectory() as tmp:
         command += [*overrides, f"hydra.run.dir={tmp}/run"]
         subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -254,6 +264,26 @@ def summarise(results: list[dict[str, Any]]) -> str:
         for r in results
     ]
     lines += [markdown_table(header, table), "", "![proxy vs fine-tuned](proxy_scatter.png)"]
+    for r in results:
+        if r.get("uniform") and r["proxy"] == "supernet":
+            lines += [
+                "",
+                f"{r['pair']}: the supernet at uniform WkAk (no retraining) against a model "
+                "fine-tuned separately at those bits (the ground truth above):",
+                "",
+                markdown_table(
+                    ["bits", "supernet val %", "fine-tuned val %", "fine-tuned test %"],
+                    [
+                        [
+                            f"W{k}A{k}",
+                            f"{v['supernet_val']:.2f}",
+                            f"{v['finetuned_val']:.2f}",
+                            f"{v['finetuned_test']:.2f}",
+                        ]
+                        for k, v in sorted(r["uniform"].items())
+                    ],
+                ),
+            ]
     return "\n".join(lines)
 
 
@@ -304,7 +334,8 @@ def main() -> None:
         rows = policy_rows(pair, files, args.mixed)
         truth = ground_truth(pair, rows, args.finetune_epochs, files)
         for proxy in args.proxies:
-            scores, seconds, setup_seconds = proxy_scores(pair, rows, proxy)
+            scores, seconds, supernet = proxy_scores(pair, rows, proxy)
+            setup_seconds = None if supernet is None else supernet["train_seconds"]
             score = fidelity(truth, scores)
             result = {
                 "pair": pair,
@@ -318,6 +349,10 @@ def main() -> None:
                 "finetune_epochs": args.finetune_epochs,
                 "truth_spread": round(float(np.ptp(truth)), 2),
             }
+            if supernet is not None:
+                result["uniform"] = supernet_vs_finetuned(
+                    pair, rows, supernet, args.finetune_epochs, files
+                )
             print(result, flush=True)
             results.append(result)
             panels[(pair, proxy)] = (truth, scores)

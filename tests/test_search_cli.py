@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from qsearch.commands.search import dominating_references
 from qsearch.env.recorder import Evaluation
 from qsearch.quant.policy import Policy
@@ -198,6 +200,8 @@ def test_synthetic_search_reports_its_regret_without_data(tmp_path: Path) -> Non
     (run,) = tmp_path.glob("outputs/search/*")
     synthetic = json.loads((run / "summary.json").read_text())["synthetic"]
     assert synthetic["regret"] == synthetic["optimum"] - synthetic["found_true"] >= 0
+    projection = json.loads((run / "summary.json").read_text())["projection"]
+    assert projection["proposals"] >= 20 and 0 <= projection["projected"] <= projection["proposals"]
     assert "regret" in result.stdout
     assert not (tmp_path / "cache" / "float").exists()  # no float model was trained
 
@@ -206,3 +210,34 @@ def test_synthetic_search_needs_a_budget(tmp_path: Path) -> None:
     result = run_qsearch("search", "evaluator=synthetic", cwd=tmp_path)
     assert result.returncode == 2 and "needs a cost budget" in result.stderr
     assert not list(tmp_path.glob("outputs/search/*"))
+
+
+def test_uniform_budget_is_the_cost_of_that_uniform_policy(tmp_path: Path) -> None:
+    args = ["agent=random", "budget.evaluations=4", "budget.uniform=W4A8", *FAST]
+    result = run_qsearch("search", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = tmp_path.glob("outputs/search/*")
+    summary = json.loads((run / "summary.json").read_text())
+    policy = Policy.load(run / "policy.yaml")
+    budget = policy.metadata["budget"]
+    assert budget["uniform"] == "W4A8" and budget["cost_fraction"] is None
+    cost = policy.metadata["cost"]
+    uniform8 = cost["bitops"] / cost["bitops_vs_8bit"]
+    # W4A8 on the searched layers, 8-bit on the pinned ones: half of 8-bit's searched
+    # part, so the budget lies strictly between half and all of uniform 8-bit's cost
+    assert 0.5 < summary["budget_cost"] / uniform8 < 1.0
+    assert cost["bitops"] <= summary["budget_cost"] * (1 + 1e-9)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["budget.uniform=3bits"], "budget.uniform must look like W3A3"),
+        (["budget.uniform=W9A3"], "budget.uniform bits must lie in 1..8"),
+        (["budget.uniform=W3A3", "budget.cost_fraction=0.5"], "set one cost budget, not both"),
+    ],
+)
+def test_bad_uniform_budget_is_one_line(overrides: list[str], message: str, tmp_path: Path) -> None:
+    result = run_qsearch("search", *overrides, *FAST, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

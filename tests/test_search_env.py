@@ -17,7 +17,7 @@ from qsearch.env.evaluator import EvalResult
 from qsearch.env.quant_env import HaqEnv, ReleqEnv, action_to_bits
 from qsearch.env.recorder import BudgetExhausted, Objective, SearchRecorder
 from qsearch.env.rewards import HaqReward, ReleqReward, releq_reward
-from qsearch.env.space import CostOracle, SearchSpace
+from qsearch.env.space import CostOracle, ProjectionStats, SearchSpace, parse_uniform
 from qsearch.errors import UserError
 from qsearch.models.inventory import LayerInfo, layer_inventory
 from qsearch.models.lenet import LeNet5
@@ -103,6 +103,28 @@ def test_budget_projection_walks_from_the_last_layer() -> None:
     assert space.feasible(projected)
 
 
+def test_projection_counts_the_bit_steps_it_takes_off() -> None:
+    space = make_space(search_activations=True)  # w 2,3,4,5,8; a 2,4,8; 3 searched layers
+    full = space.policy([8, 8, 8], [8, 8, 8])
+    # cheapest feasible after one full round from the last layer: every tensor one step down
+    space.budget = space.cost.total(space.policy([5, 5, 5], [4, 4, 4]))
+    projected = space.enforce_budget(full)
+    assert space.searched_bits(projected) == ([5, 5, 5], [4, 4, 4])
+    space.enforce_budget(projected)  # feasible: counted as a proposal, not cut
+    stats = space.projection
+    assert (stats.proposals, stats.projected, stats.steps) == (2, 1, 6)
+    assert stats.steps_per_tensor(space.tensors) == 1.0  # 6 steps over 6 tensors
+    assert stats.summary(space.tensors) == {"proposals": 2, "projected": 1, "steps_per_tensor": 1.0}
+
+
+def test_projection_note_only_when_the_projection_set_most_bits() -> None:
+    assert ProjectionStats(proposals=10, projected=4, steps=400).note("haq", 6) is None  # < half
+    assert ProjectionStats(proposals=10, projected=9, steps=45).note("haq", 6) is None  # < 1 step
+    note = ProjectionStats(proposals=10, projected=9, steps=108).note("haq", 6)
+    assert note is not None and note.startswith("haq: 9 of its 10 proposals")
+    assert "2.0 bit steps" in note
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     w=st.lists(st.sampled_from([2, 3, 4, 5, 8]), min_size=3, max_size=3),
@@ -132,6 +154,37 @@ def test_impossible_budget_is_a_user_error() -> None:
     space.budget = 1.0
     with pytest.raises(UserError, match=r"budget 1 \(bitops\) cannot be met"):
         space.check_budget()
+
+
+@pytest.mark.parametrize(("text", "bits"), [("W3A3", (3, 3)), ("w2a4", (2, 4)), (" W8A2 ", (8, 2))])
+def test_parse_uniform(text: str, bits: tuple[int, int]) -> None:
+    assert parse_uniform(text) == bits
+
+
+@pytest.mark.parametrize("text", ["3", "W3", "A3W3", "W3A3x", "uniform"])
+def test_parse_uniform_rejects_other_spellings(text: str) -> None:
+    with pytest.raises(UserError, match=rf"budget.uniform must look like W3A3.*'{text}'"):
+        parse_uniform(text)
+
+
+def test_uniform_pairs_within_a_w3a3_budget_hand_computed() -> None:
+    """BitOPs of a uniform WxA policy = pinned layers' + w * a * (searched MACs): under
+    uniform W3A3's cost exactly the pairs with w * a <= 9 fit, cheapest first."""
+    space = make_space(
+        w_choices=[2, 3, 4, 5, 6, 7, 8], a_choices=[2, 3, 4, 5, 6, 7, 8], search_activations=True
+    )
+    space.budget = space.cost.total(space.uniform_pair(3, 3))
+    pinned = (117600 + 840) * 64
+    assert space.budget == pinned + 9 * (240000 + 48000 + 10080)
+    pairs = space.uniform_within_budget()
+    assert set(pairs) == {(2, 2), (2, 3), (3, 2), (2, 4), (4, 2), (3, 3)}
+    assert [w * a for w, a in pairs] == [4, 6, 6, 8, 8, 9]
+
+
+def test_uniform_pairs_without_searched_activations_use_the_fixed_bits() -> None:
+    space = make_space(fixed_a_bits=8)
+    space.budget = space.cost.total(space.uniform_pair(4, 8))
+    assert space.uniform_within_budget() == [(2, 8), (3, 8), (4, 8)]
 
 
 def test_releq_reward_hand_values() -> None:

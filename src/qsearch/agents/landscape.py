@@ -61,9 +61,7 @@ def landscape_space(
     cfg = setup.cfg
     space = build_space(cfg, setup.inventory)
     if uniform_bits is not None:
-        n = len(space.searchable)
-        w, a = uniform_bits
-        space.budget = space.cost.total(space.policy([w] * n, [a] * n))
+        space.budget = space.cost.total(space.uniform_pair(*uniform_bits))
     landscape = SyntheticLandscape(space, SyntheticConfig.from_config(cfg.evaluator))
     return setup, space, landscape
 

@@ -18,7 +18,7 @@ from qsearch.env.cost import cost_oracle
 from qsearch.env.evaluator import PolicyEvaluator, RetrainConfig
 from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
 from qsearch.env.rewards import HaqReward, ReleqReward
-from qsearch.env.space import SearchSpace
+from qsearch.env.space import SearchSpace, parse_uniform
 from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape
 from qsearch.errors import UserError
 from qsearch.quant.layers import QuantizerSpec
@@ -55,13 +55,39 @@ def build_space(cfg: DictConfig, inventory: list[Any]) -> SearchSpace:
         spec.make("weight", bits)  # a UserError if the quantizer cannot do these bits
     for bits in space.a_choices if space.search_activations else [space.fixed_a_bits]:
         spec.make("activation", bits)
-    fraction = cfg.budget.cost_fraction
-    if fraction is not None:
-        if float(fraction) <= 0:
-            raise UserError(f"budget.cost_fraction must be positive, got {fraction}")
-        space.budget = float(fraction) * oracle.total(_uniform8(space))
+    space.budget = cost_budget(cfg.budget, space)
+    if space.budget is not None:
         space.check_budget()
     return space
+
+
+def cost_budget(budget: DictConfig, space: SearchSpace) -> float | None:
+    """The cost limit in the space's metric: ``budget.cost_fraction`` x uniform 8-bit's
+    cost, or the cost of the uniform policy ``budget.uniform`` (W3A3); None for neither."""
+    fraction, uniform = budget.cost_fraction, budget.get("uniform")
+    if fraction is not None and uniform is not None:
+        raise UserError(
+            f"set one cost budget, not both: budget.cost_fraction={fraction} and "
+            f"budget.uniform={uniform}"
+        )
+    if uniform is not None:
+        w_bits, a_bits = parse_uniform(uniform)
+        for bits in (w_bits, a_bits):
+            if not 1 <= bits <= 8:
+                raise UserError(f"budget.uniform bits must lie in 1..8, got {uniform}")
+        return space.cost.total(space.uniform_pair(w_bits, a_bits))
+    if fraction is None:
+        return None
+    if float(fraction) <= 0:
+        raise UserError(f"budget.cost_fraction must be positive, got {fraction}")
+    return float(fraction) * space.cost.total(_uniform8(space))
+
+
+def budget_label(budget: DictConfig) -> str:
+    """The cost budget as the user set it: ``0.36 x 8-bit`` or ``uniform W3A3's``."""
+    if budget.get("uniform") is not None:
+        return f"uniform {budget.uniform}'s"
+    return f"{budget.cost_fraction} x 8-bit"
 
 
 def retrain_evaluator(setup: Setup) -> PolicyEvaluator:
@@ -87,8 +113,7 @@ def retrain_evaluator(setup: Setup) -> PolicyEvaluator:
 
 def _uniform8(space: SearchSpace) -> Policy:
     """Uniform 8-bit weights and activations: the reference every cost is compared to."""
-    n = len(space.searchable)
-    return space.policy([8] * n, [8] * n)
+    return space.uniform_pair(8, 8)
 
 
 def run(cfg: DictConfig) -> None:
@@ -102,7 +127,7 @@ def run(cfg: DictConfig) -> None:
     if isinstance(reward, HaqReward) and space.budget is None:
         raise UserError(
             f"reward=haq needs a budget: add budget.cost_fraction=0.5 (a fraction "
-            f"of uniform 8-bit {space.cost.metric})"
+            f"of uniform 8-bit {space.cost.metric}) or budget.uniform=W4A4"
         )
 
     scorer = _build_scorer(cfg, space, setup)
@@ -146,7 +171,7 @@ def run(cfg: DictConfig) -> None:
             else None
         ),
     )
-    limit = f", cost <= {cfg.budget.cost_fraction} x 8-bit {space.cost.metric}"
+    limit = f", cost <= {budget_label(cfg.budget)} {space.cost.metric}"
     log.info(
         "searching %d of %d layers of %s with %s; budget %d evaluations%s",
         len(space.searchable),
@@ -172,13 +197,22 @@ def _finish(
     """After the agent: warnings, the uniform references, the feasibility check, results."""
     space, evaluator, float_accuracy = recorder.space, scorer.evaluator, scorer.float_accuracy
     note = _learning_warnings(agent, recorder)
-    _check_best(recorder, cfg.budget.cost_fraction, reference_cost, out)
+    _check_best(recorder, budget_label(cfg.budget), reference_cost, out)
     references = {
         f"W{bits}": recorder.evaluate(space.uniform(bits), reference=True)
         for bits in cfg.search.reference_bits
         if bits in space.w_choices
     }
-    extras: dict[str, Any] = {"agent_warning": note}
+    # random search's proposals are projected by design; a learning agent's should fit
+    projection_note = (
+        None if agent.name == "random" else space.projection.note(agent.name, space.tensors)
+    )
+    if projection_note:
+        log.warning(projection_note)
+    extras: dict[str, Any] = {
+        "agent_warning": note,
+        "projection": space.projection.summary(space.tensors) | {"warning": projection_note},
+    }
     if isinstance(evaluator, SyntheticLandscape):
         extras["synthetic"] = _synthetic_summary(evaluator, recorder)
     outcome = SearchOutcome(
@@ -235,9 +269,7 @@ def _learning_warnings(agent: Any, recorder: SearchRecorder) -> str | None:
     return note
 
 
-def _check_best(
-    recorder: SearchRecorder, cost_fraction: Any, reference_cost: float, out: Path
-) -> None:
+def _check_best(recorder: SearchRecorder, budget: str, reference_cost: float, out: Path) -> None:
     """A search returns a feasible policy or fails in one line (no policy.yaml)."""
     best = recorder.best
     if best is None:
@@ -251,7 +283,7 @@ def _check_best(
         raise UserError(
             f"no evaluated policy meets the cost budget ({recorder.used} evaluated, the "
             f"cheapest at {min(e.cost for e in recorder.searched()) / reference_cost:.3f} "
-            f"of 8-bit, budget {cost_fraction}): no policy.yaml written; see "
+            f"of 8-bit, budget {budget}): no policy.yaml written; see "
             f"{out / 'evaluations.csv'}"
         )
 
@@ -339,7 +371,12 @@ def _save_policy(cfg: DictConfig, out: Path, outcome: SearchOutcome) -> Policy:
             "seed": int(cfg.seed),
             "evaluations": recorder.used,
             "episodes": recorder.episode,
-            "budget": {"evaluations": recorder.budget, "cost_fraction": cfg.budget.cost_fraction},
+            "budget": {
+                "evaluations": recorder.budget,
+                "cost_fraction": cfg.budget.cost_fraction,
+                "uniform": cfg.budget.get("uniform"),
+                "cost": space.budget,
+            },
             "hardware": str(cfg.hardware.name),
             "quantizer": str(cfg.quantizer.name),
             "average_bits": policy.average_bits(space.inventory),

@@ -6,6 +6,7 @@ activation bits and the HAQ budget projection are the same for all of them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,40 @@ class CostOracle:
 
 
 @dataclass
+class ProjectionStats:
+    """How much the budget projection (HAQ's action wall) changed the proposed policies."""
+
+    proposals: int = 0  # policies handed to the projection under a budget
+    projected: int = 0  # of which over the budget, so cut
+    steps: int = 0  # bit steps taken off, over all of them
+
+    def steps_per_tensor(self, tensors: int) -> float:
+        """Bit steps taken off each searched tensor of a cut proposal, on average."""
+        return self.steps / (self.projected * tensors) if self.projected else 0.0
+
+    def summary(self, tensors: int) -> dict[str, float]:
+        return {
+            "proposals": self.proposals,
+            "projected": self.projected,
+            "steps_per_tensor": round(self.steps_per_tensor(tensors), 3),
+        }
+
+    def note(self, agent: str, tensors: int) -> str | None:
+        """A warning when the projection rather than the agent set most bits: at least half
+        of the proposals were over the budget and cut by at least one bit step per searched
+        tensor on average; else None."""
+        per_tensor = self.steps_per_tensor(tensors)
+        if self.projected < 0.5 * max(self.proposals, 1) or per_tensor < 1.0:
+            return None
+        return (
+            f"{agent}: {self.projected} of its {self.proposals} proposals were over the cost "
+            f"budget, and the projection took {per_tensor:.1f} bit steps off each searched "
+            "tensor of those on average: the projection, not the agent, set most bits (its "
+            "result tends to a uniform policy)"
+        )
+
+
+@dataclass
 class SearchSpace:
     """Searched layers, bit choices, pinned layers, and the cost budget.
 
@@ -52,6 +87,7 @@ class SearchSpace:
     pin_first_last: int | None = 8
     budget: float | None = None
     searchable: list[int] = field(init=False)
+    projection: ProjectionStats = field(init=False, default_factory=ProjectionStats)
 
     def __post_init__(self) -> None:
         self.w_choices = sorted(set(self.w_choices))
@@ -64,6 +100,11 @@ class SearchSpace:
                 f"model {self.model} has no layer left to search once the first "
                 "and last are pinned (set pin_first_last=null)"
             )
+
+    @property
+    def tensors(self) -> int:
+        """Searched tensors: weights of every searched layer, and activations if searched."""
+        return len(self.searchable) * (2 if self.search_activations else 1)
 
     @property
     def names(self) -> list[str]:
@@ -91,6 +132,21 @@ class SearchSpace:
         """Every searched layer at ``bits`` (activations too when they are searched)."""
         n = len(self.searchable)
         return self.policy([bits] * n, [bits] * n if self.search_activations else None)
+
+    def uniform_pair(self, w_bits: int, a_bits: int) -> Policy:
+        """Every searched layer at ``w_bits`` weights and ``a_bits`` activations (whether
+        or not activations are searched): a uniform WxA policy, pinned layers as pinned."""
+        n = len(self.searchable)
+        return self.policy([w_bits] * n, [a_bits] * n)
+
+    def uniform_within_budget(self) -> list[tuple[int, int]]:
+        """Every uniform ``(w, a)`` of the space's choices (``a`` fixed when activations are
+        not searched) whose policy meets the budget, by ascending cost: the yardstick a
+        mixed policy of the same cost has to beat."""
+        a_choices = self.a_choices if self.search_activations else [self.fixed_a_bits]
+        pairs = [(w, a) for w in self.w_choices for a in a_choices]
+        fitting = [pair for pair in pairs if self.feasible(self.uniform_pair(*pair))]
+        return sorted(fitting, key=lambda pair: self.cost.total(self.uniform_pair(*pair)))
 
     def min_policy(self) -> Policy:
         """The cheapest policy of the space: every searched layer at its smallest bits."""
@@ -131,10 +187,15 @@ class SearchSpace:
 
     def enforce_budget(self, policy: Policy) -> Policy:
         """HAQ's projection: from the last searched layer to the first, take one step of
-        bits off (activation, then weight) until the cost fits the budget."""
-        if self.budget is None or self.feasible(policy):
+        bits off (activation, then weight) until the cost fits the budget. Counted in
+        ``projection``."""
+        if self.budget is None:
+            return policy
+        self.projection.proposals += 1
+        if self.feasible(policy):
             return policy
         self.check_budget()  # the loop below ends: the cheapest policy fits
+        self.projection.projected += 1
         w_bits, a_bits = self.searched_bits(policy)
         while True:
             for position in reversed(range(len(self.searchable))):
@@ -144,6 +205,7 @@ class SearchSpace:
                 ):
                     if searched and bits[position] > choices[0]:
                         bits[position] = _step_down(bits[position], choices)
+                        self.projection.steps += 1
                         candidate = self.policy(w_bits, a_bits)
                         if self.feasible(candidate):
                             return candidate
@@ -153,3 +215,13 @@ def _step_down(bits: int, choices: list[int]) -> int:
     """The next smaller choice below ``bits`` (or the smallest)."""
     lower = [c for c in choices if c < bits]
     return lower[-1] if lower else choices[0]
+
+
+def parse_uniform(text: str) -> tuple[int, int]:
+    """``"W3A3"`` -> ``(3, 3)``: a uniform policy's weight and activation bits."""
+    match = re.fullmatch(r"[Ww](\d+)[Aa](\d+)", str(text).strip())
+    if match is None:
+        raise UserError(
+            f"budget.uniform must look like W3A3 (weight and activation bits), got '{text}'"
+        )
+    return int(match.group(1)), int(match.group(2))

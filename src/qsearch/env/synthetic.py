@@ -144,7 +144,7 @@ class SyntheticLandscape:
             if self.space.budget is None:
                 raise UserError(
                     "evaluator=synthetic needs a cost budget to have an optimum: add "
-                    "budget.cost_fraction (e.g. 0.15 of uniform 8-bit)"
+                    "budget.cost_fraction (e.g. 0.15 of uniform 8-bit) or budget.uniform=W3A3"
                 )
             table = LayerOptions.of(self.space)
             w = np.array([o[0] for o in table.options])
