@@ -54,6 +54,7 @@ BUDGETS = ("W3A3", "W2A3")
 AGENTS = tuple(name for name in group_options("agent") if name != "uniform")
 RESULTS = RESULTS_DIR / "mixed_vs_uniform.json"
 FINETUNES = RESULTS_DIR / "mixed_finetunes.json"
+UNIFORM = RESULTS_DIR / "mixed_uniform.json"  # the fine-tuned uniform yardstick per setting
 PROXY_TRUTH = RESULTS_DIR / "proxy_ground_truth.json"  # scripts/bench_proxy.py's fine-tunes
 WORK = REPO / "outputs" / "bench_mixed"
 FIGURE = DOC.parent / "mixed_vs_uniform.png"
@@ -66,6 +67,7 @@ class Setting:
     pair: str
     budget: str
     evaluations: int
+    max_episodes_factor: int
     finetune: tuple[str, ...]  # qsearch finetune overrides (the shortened schedule)
     search: tuple[str, ...]  # extra qsearch search overrides
 
@@ -125,11 +127,13 @@ def search(setting: Setting, agent: str, seed: int) -> Path | None:
         f"agent={agent}",
         f"seed={seed}",
         f"budget.evaluations={setting.evaluations}",
+        # an RL agent that has converged re-proposes evaluated policies (free): stop it
+        f"search.max_episodes={setting.max_episodes_factor * setting.evaluations}",
         *setting.search,
         f"hydra.run.dir={run}",
     ]
-    if (run / "evaluations.csv").is_file():
-        args.append(f"resume={run}")
+    if (run / ".hydra" / "overrides.yaml").is_file():  # killed: continue with its settings
+        args = [f"resume={run}"]
     # the search's own output (tables, progress) goes to its log in the run dir
     done = subprocess.run(qsearch_command("search", *args), cwd=REPO, stdout=subprocess.DEVNULL)
     if done.returncode != 0:
@@ -162,7 +166,7 @@ def searched_row(
         "searched_val_proxy": policy.metadata["val_accuracy"],
         "best_uniform_test": best["test"],
         "best_uniform_policy": best["policy"],
-        "delta": result["test"] - best["test"],
+        "delta": round(result["test"] - best["test"], 4),
         "cost_vs_8bit": cost[metric],
         "best_uniform_cost_vs_8bit": best["cost_vs_8bit"],
         "evaluations": policy.metadata["evaluations"],
@@ -170,6 +174,7 @@ def searched_row(
         "w_bits": policy.w_bits,
         "a_bits": policy.a_bits,
     }
+    save_rows([row])  # after every search: a killed run keeps what finished
     print(
         f"{setting.pair} {setting.budget} {agent} seed {seed}: {result['test']:.2f} "
         f"(best uniform {best['policy']} {best['test']:.2f}, delta {row['delta']:+.2f})",
@@ -186,6 +191,7 @@ def run_setting(
     uniform = uniform_yardstick(setting, cache)
     if not uniform:
         raise SystemExit(f"no uniform policy fits {setting.budget} on {setting.pair}")
+    save_uniform(setting, uniform)
     best = max(uniform, key=lambda row: row["test"])
     first_seeds = range(seeds) if plan == "full" else range(1)
     found = [searched_row(setting, a, s, best, cache) for a in agents for s in first_seeds]
@@ -195,6 +201,18 @@ def run_setting(
         more = [searched_row(setting, leader, s, best, cache) for s in range(1, seeds)]
         rows += [row for row in more if row is not None]
     return uniform, rows
+
+
+def load_uniform() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every setting's fine-tuned uniform yardstick, keyed by (pair, budget)."""
+    saved = read_json_file(UNIFORM, {})
+    return {tuple(key.split("|")): rows for key, rows in saved.items()}  # type: ignore[misc]
+
+
+def save_uniform(setting: Setting, rows: list[dict[str, Any]]) -> None:
+    saved = read_json_file(UNIFORM, {})
+    saved[f"{setting.pair}|{setting.budget}"] = rows
+    write_json_file(UNIFORM, saved)
 
 
 def save_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -289,7 +307,7 @@ def figure(rows: list[dict[str, Any]], uniforms: dict[tuple[str, str], Any]) -> 
         policy = Policy.load(
             WORK / pair / budget / f"{best['agent']}-s{best['seed']}" / "policy.yaml"
         )
-        inventory = space_of(Setting(pair, budget, 0, (), ())).inventory
+        inventory = space_of(Setting(pair, budget, 0, 0, (), ())).inventory
         bits_figure(
             DOC.parent / f"mixed_bits_{pair}_{budget}.png",
             policy,
@@ -309,25 +327,27 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--evaluations", type=int, default=200)
     parser.add_argument("--plan", choices=("cpu", "full"), default="cpu")
+    parser.add_argument(
+        "--max-episodes-factor", type=int, default=10, help="episodes per search, x evaluations"
+    )
     parser.add_argument("--finetune-epochs", type=int, help="shortened fine-tune schedule")
     parser.add_argument(
         "--search", nargs="*", default=[], help="extra qsearch search overrides for every run"
     )
     args = parser.parse_args()
     finetune = (f"finetune.epochs={args.finetune_epochs}",) if args.finetune_epochs else ()
-    uniforms: dict[tuple[str, str], Any] = read_json_file(RESULTS_DIR / "mixed_uniform.json", {})
-    uniforms = {tuple(k.split("|")): v for k, v in uniforms.items()}  # type: ignore[misc]
     for pair in args.pairs:
         for budget in args.budgets:
-            setting = Setting(pair, budget, args.evaluations, finetune, tuple(args.search))
-            uniform, rows = run_setting(setting, list(args.agents), args.seeds, args.plan)
-            uniforms[(pair, budget)] = uniform
-            write_json_file(
-                RESULTS_DIR / "mixed_uniform.json",
-                {"|".join(k): v for k, v in uniforms.items()},
+            setting = Setting(
+                pair,
+                budget,
+                args.evaluations,
+                args.max_episodes_factor,
+                finetune,
+                tuple(args.search),
             )
-            save_rows(rows)
-    all_rows = read_json_file(RESULTS, [])
+            run_setting(setting, list(args.agents), args.seeds, args.plan)
+    all_rows, uniforms = read_json_file(RESULTS, []), load_uniform()
     figure(all_rows, uniforms)
     update_doc_section("mixed", summarise(all_rows, uniforms))
     print(f"wrote {RESULTS}, {FIGURE} and the mixed section of {DOC}")

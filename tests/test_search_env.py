@@ -351,3 +351,24 @@ def test_haq_env_passes_checkers_and_respects_budget(tmp_path: Path) -> None:
     _, reward, terminated, _, info = env.step(np.array([1.0], np.float32))
     assert terminated and info["cost"] <= space.budget
     assert reward == pytest.approx(0.1 * (info["accuracy"] - 99.0))
+
+
+@pytest.mark.parametrize(
+    ("budget", "pairs"),
+    [
+        ("W3A3", {(2, 2), (2, 3), (3, 2), (2, 4), (4, 2), (3, 3)}),
+        ("W2A3", {(2, 2), (2, 3), (3, 2)}),
+    ],
+)
+def test_mixed_benchmark_yardstick_on_resnet20(budget: str, pairs: set[tuple[int, int]]) -> None:
+    """experiment=mp_resnet20_cifar10 composes a BitOPs budget at the uniform policy's cost,
+    and the uniform yardstick is every WxA with w * a at most the budget's (no data read)."""
+    from qsearch.commands.search import build_space
+    from qsearch.config import job_config
+    from qsearch.setup import Setup
+
+    cfg = job_config("search", ["experiment=mp_resnet20_cifar10", f"budget.uniform={budget}"])
+    setup = Setup.from_config(cfg)
+    space = build_space(setup.cfg, setup.inventory)
+    assert len(space.searchable) == len(setup.inventory) - 2 and space.search_activations
+    assert set(space.uniform_within_budget()) == pairs
