@@ -112,6 +112,12 @@ def update_doc_section(name: str, body: str) -> Path:
     return DOC
 
 
+def finetune_key(pair: str, bits: str, epochs: int | str | None) -> str:
+    """The key of a fine-tuned accuracy in benchmarks/proxy_ground_truth.json:
+    ``"<model>-<dataset>|<Policy.key()>|epochs=<n or default>"``."""
+    return f"{pair}|{bits}|epochs={epochs or 'default'}"
+
+
 def qsearch_command(*args: str) -> list[str]:
     """``qsearch <args>`` with the interpreter's own entry point."""
     import sys

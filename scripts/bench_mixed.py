@@ -35,6 +35,7 @@ from _bench import (
     DOC,
     REPO,
     RESULTS_DIR,
+    finetune_key,
     finetune_policy,
     markdown_table,
     qsearch_command,
@@ -95,7 +96,7 @@ def finetuned(policy: Any, setting: Setting, cache: dict[str, Any]) -> dict[str,
         epochs = [o.split("=", 1)[1] for o in setting.finetune if o.startswith("finetune.epochs=")]
         known = None
         if len(epochs) == len(setting.finetune):  # nothing but the epochs: bench_proxy's kind
-            proxy_key = f"{pair}|{policy.key()}|epochs={epochs[0] if epochs else 'default'}"
+            proxy_key = finetune_key(pair, policy.key(), epochs[0] if epochs else None)
             known = read_json_file(PROXY_TRUTH, {}).get(proxy_key)
         cache[key] = known or finetune_policy(policy, list(setting.finetune))
         write_json_file(FINETUNES, cache)

@@ -35,6 +35,7 @@ import numpy as np
 from _bench import (
     REPO,
     RESULTS_DIR,
+    finetune_key,
     finetune_policy,
     markdown_table,
     qsearch_command,
@@ -155,7 +156,7 @@ def _policy_key(row: dict[str, Any]) -> str:
 
 
 def _truth_key(pair: str, row: dict[str, Any], epochs: int | None) -> str:
-    return f"{pair}|{_policy_key(row)}|epochs={epochs or 'default'}"
+    return finetune_key(pair, _policy_key(row), epochs)
 
 
 def ground_truth(
