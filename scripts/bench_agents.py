@@ -66,6 +66,12 @@ class Job:
     evaluations: int
     max_episodes_factor: int
     overrides: tuple[str, ...] = ()
+    variant: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The agent's name in the rows: ``releq+dyna16`` for a ``--variant dyna16`` run."""
+        return self.agent if self.variant is None else f"{self.agent}+{self.variant}"
 
 
 def _overrides(job: Job) -> list[str]:
@@ -105,7 +111,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
                 "landscape": job.landscape,
                 "layers": len(run.landscape.space.searchable),
                 "noise_std": job.noise_std,
-                "agent": job.agent,
+                "agent": job.label,
                 "evaluations": budget,
                 "seed": job.seed,
                 "regret": regret,
@@ -164,6 +170,17 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(finite) if len(finite) == len(values) and finite else None
 
 
+def labels(rows: list[dict[str, Any]]) -> list[str]:
+    """The agents ``rows`` have, in ``AGENTS`` order, each followed by its variants."""
+    present = {r["agent"] for r in rows}
+    return [
+        label
+        for agent in AGENTS
+        for label in sorted(present)
+        if label == agent or label.startswith(f"{agent}+")
+    ]
+
+
 def verdict(subset: list[dict[str, Any]], ref: dict[str, Any]) -> str:
     """One sentence: the agents ranked by median regret at the largest budget up to 200
     evaluations, each against random search and the best uniform policy."""
@@ -172,7 +189,7 @@ def verdict(subset: list[dict[str, Any]], ref: dict[str, Any]) -> str:
         agent: _median(
             [r["regret"] for r in subset if (r["agent"], r["evaluations"]) == (agent, budget)]
         )
-        for agent in AGENTS
+        for agent in labels(subset)
     }
     ranked = sorted((m, a) for a, m in medians.items() if m is not None)
     random = medians.get("random")
@@ -202,7 +219,10 @@ def summarise(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> st
         "hawq is handed the landscape's own per-layer sensitivities (log-normal error, "
         "sigma 0.5) and the landscape is additive, as HAWQ's model is: its row is an upper "
         "bound of what sensitivities measured on a real network give. RL target (issue 18): "
-        "median regret < 0.5 at 200 evaluations on the noiseless resnet20 landscape.",
+        "median regret < 0.5 at 200 evaluations on the noiseless resnet20 landscape. "
+        "`releq+model16`: `agent.imagined_episodes=16` (16 episodes scored by the additive "
+        "noise model of qsearch.env.surrogate after each evaluation), whose law is the "
+        "landscape's own: an advantage a real network grants only as far as it is additive.",
         "",
     ]
     for landscape, ref in refs.items():
@@ -216,7 +236,7 @@ def summarise(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> st
             subset = [r for r in rows if r["landscape"] == landscape and r["noise_std"] == noise]
             budgets = sorted({r["evaluations"] for r in subset})
             table = []
-            for agent in [a for a in AGENTS if any(r["agent"] == a for r in subset)]:
+            for agent in labels(subset):
                 cells = [agent]
                 for budget in budgets:
                     cell = [r for r in subset if r["agent"] == agent and r["evaluations"] == budget]
@@ -252,7 +272,7 @@ def figure(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> None:
     panels = sorted({(r["landscape"], r["noise_std"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (landscape, noise) in zip(axes[0], panels, strict=True):
-        for agent in AGENTS:
+        for agent in labels(rows):
             subset = [
                 r
                 for r in rows
@@ -301,6 +321,10 @@ def main() -> None:
         "--skip-done", action="store_true", help="skip runs whose rows benchmarks/agents.json has"
     )
     parser.add_argument(
+        "--variant",
+        help="name the overrides' setting: rows are saved as agent '<agent>+<variant>'",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="qsearch search overrides for every run (agent.gamma=1)"
     )
     args = parser.parse_args()
@@ -313,6 +337,7 @@ def main() -> None:
             args.evaluations,
             args.max_episodes_factor,
             tuple(args.overrides),
+            args.variant,
         )
         for landscape in args.landscapes
         for noise in args.noise
@@ -324,7 +349,7 @@ def main() -> None:
         jobs = [
             job
             for job in jobs
-            if (job.landscape, job.noise_std, job.agent, job.evaluations, job.seed) not in done
+            if (job.landscape, job.noise_std, job.label, job.evaluations, job.seed) not in done
         ]
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(args.jobs) as pool:
@@ -332,17 +357,17 @@ def main() -> None:
             rows.extend(result)
             last = result[-1]
             print(
-                f"{job.landscape:13s} noise {job.noise_std:3.1f} {job.agent:7s} seed "
+                f"{job.landscape:13s} noise {job.noise_std:3.1f} {job.label:7s} seed "
                 f"{job.seed}: regret@{last['evaluations']} {last['regret']}, "
                 f"{last['seconds']:.1f} s",
                 flush=True,
             )
             if not args.no_save:
                 save_rows(result)  # after every run: a crash keeps what finished
-    for agent in args.agents:
-        final = [r["regret"] for r in rows if r["agent"] == agent and r["evaluations"] == 200]
+    for label in dict.fromkeys(job.label for job in jobs):
+        final = [r["regret"] for r in rows if r["agent"] == label and r["evaluations"] == 200]
         if final:
-            print(f"{agent}: median regret at 200 evaluations {_median(final)}")
+            print(f"{label}: median regret at 200 evaluations {_median(final)}")
     if args.no_save:
         return
     rows = read_json_file(RESULTS, [])

@@ -251,6 +251,7 @@ RULES: list[tuple[str, Rule]] = [
     ("evaluator.activation_share", UNIT_OPEN_TOP),
     ("evaluator.noise_std", NON_NEGATIVE),
     ("evaluator.estimate_error", NON_NEGATIVE),
+    ("evaluator.noise_base", Range(low=1, low_open=True)),
     # datasets
     ("dataset.val_size", SizeOrFraction()),
     ("dataset.augment.crop_padding", COUNT),
@@ -294,6 +295,8 @@ RULES: list[tuple[str, Rule]] = [
     ("agent.startup_trials", COUNT),
     ("agent.net_arch*", Range(low=1, integer=True, each=True, min_len=1)),
     ("agent.episodes_per_update", AT_LEAST_ONE),
+    ("agent.imagined_episodes", COUNT),
+    ("agent.imagine_after", AT_LEAST_ONE),
     ("agent.lstm_hidden_size", AT_LEAST_ONE),
     ("agent.buffer_size", AT_LEAST_ONE),
     ("agent.hutchinson_samples", AT_LEAST_ONE),

@@ -12,6 +12,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from qsearch.agents import SearchContext
 from qsearch.env.recorder import BudgetExhausted
+from qsearch.env.surrogate import AdditiveSurrogate, Imagination
+from qsearch.quant.policy import Policy
 from qsearch.utils.io import write_atomic
 
 AGENT_FILE = "agent.zip"
@@ -57,9 +59,11 @@ def learn_within_budget(
     ctx: SearchContext,
     steps_per_episode: int,
     save: Callable[[BaseAlgorithm], None],
+    imagined_per_real: int = 0,
 ) -> None:
-    """Run ``model.learn`` until the callback stops it (the step cap is only a backstop)."""
-    episodes = ctx.max_episodes or 100 * ctx.recorder.budget
+    """Run ``model.learn`` until the callback stops it (the step cap is only a backstop;
+    ``imagined_per_real`` model-scored episodes follow each evaluated one)."""
+    episodes = (ctx.max_episodes or 100 * ctx.recorder.budget) * (1 + imagined_per_real)
     with contextlib.suppress(BudgetExhausted):
         model.learn(
             total_timesteps=episodes * steps_per_episode,
@@ -67,3 +71,19 @@ def learn_within_budget(
             reset_num_timesteps=not ctx.resume,
         )
     save(model)
+
+
+def imagination(ctx: SearchContext, episodes: int, after: int) -> Imagination | None:
+    """Dyna's imagined episodes for an RL agent (``agent.imagined_episodes`` per real one,
+    once ``agent.imagine_after`` policies are evaluated), None when off. A resumed search
+    refits the model on the evaluations it has made so far."""
+    if episodes <= 0:
+        return None
+    plan = Imagination(AdditiveSurrogate(ctx.space), episodes, after)
+    space = ctx.space
+    for evaluation in ctx.recorder.searched():
+        policy = Policy.from_bits(
+            space.model, space.dataset, space.names, evaluation.w_bits, evaluation.a_bits
+        )
+        plan.surrogate.add(policy, evaluation.accuracy)
+    return plan

@@ -42,7 +42,7 @@ from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from qsearch.agents import SearchContext
-from qsearch.agents._sb3 import AGENT_FILE, learn_within_budget, save_atomic
+from qsearch.agents._sb3 import AGENT_FILE, imagination, learn_within_budget, save_atomic
 from qsearch.env.quant_env import HaqEnv
 from qsearch.env.rewards import HaqReward
 
@@ -204,6 +204,8 @@ class HaqAgent:
     noise_decay: float = 0.99
     buffer_size: int = 100_000
     net_arch: list[int] = field(default_factory=lambda: [300, 300])
+    imagined_episodes: int = 0
+    imagine_after: int = 10
     name: str = "haq"
 
     def learning_note(self, episodes: int, evaluations: int) -> str | None:
@@ -229,7 +231,13 @@ class HaqAgent:
         its replay buffer; exploration counts episodes from ``ctx.recorder``."""
         if not isinstance(ctx.reward, HaqReward):
             raise TypeError("the haq agent needs reward=haq")
-        env = HaqEnv(ctx.space, ctx.recorder, ctx.reward, ctx.float_accuracy)
+        env = HaqEnv(
+            ctx.space,
+            ctx.recorder,
+            ctx.reward,
+            ctx.float_accuracy,
+            imagination(ctx, self.imagined_episodes, self.imagine_after),
+        )
         vec_env = DummyVecEnv([lambda: env])
         steps = len(env.plan)
         saved, buffer = ctx.run_dir / AGENT_FILE, ctx.run_dir / BUFFER_FILE
@@ -285,4 +293,4 @@ class HaqAgent:
             save_atomic(saved, algorithm.save)
             save_atomic(buffer, algorithm.save_replay_buffer)  # type: ignore[attr-defined]
 
-        learn_within_budget(model, ctx, len(env.plan), save)
+        learn_within_budget(model, ctx, len(env.plan), save, self.imagined_episodes)

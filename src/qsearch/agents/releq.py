@@ -19,7 +19,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from qsearch.agents import SearchContext
-from qsearch.agents._sb3 import AGENT_FILE, learn_within_budget, save_atomic
+from qsearch.agents._sb3 import AGENT_FILE, imagination, learn_within_budget, save_atomic
 from qsearch.env.embedding import weight_std
 from qsearch.env.quant_env import ReleqEnv
 from qsearch.env.rewards import ReleqReward
@@ -44,6 +44,8 @@ class ReleqAgent:
     net_arch: dict[str, list[int]] = field(
         default_factory=lambda: {"pi": [128, 128], "vf": [128, 64]}
     )
+    imagined_episodes: int = 0
+    imagine_after: int = 10
     name: str = "releq"
 
     def learning_note(self, episodes: int, evaluations: int) -> str | None:
@@ -72,6 +74,7 @@ class ReleqAgent:
             ctx.float_accuracy,
             weight_std(ctx.float_model, ctx.space.inventory),
             self.infeasible,
+            imagination(ctx, self.imagined_episodes, self.imagine_after),
         )
         vec_env = DummyVecEnv([lambda: env])
         steps = env.layers * self.episodes_per_update
@@ -101,4 +104,4 @@ class ReleqAgent:
         def save(algorithm: BaseAlgorithm) -> None:
             save_atomic(saved, algorithm.save)
 
-        learn_within_budget(model, ctx, env.layers, save)
+        learn_within_budget(model, ctx, env.layers, save, self.imagined_episodes)

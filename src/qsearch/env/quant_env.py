@@ -21,6 +21,7 @@ from qsearch.env.optimum import LayerOptions
 from qsearch.env.recorder import SearchRecorder
 from qsearch.env.rewards import HaqReward, ReleqReward
 from qsearch.env.space import SearchSpace
+from qsearch.env.surrogate import Imagination
 from qsearch.quant.policy import Policy
 
 MAX_STATE_ACC = 2.0
@@ -48,6 +49,10 @@ class ReleqEnv(gym.Env[np.ndarray, np.ndarray]):
     feasible policy, and the State of Quantization term, which would push bits below what
     the budget allows, is left out. Partial policies are never evaluated under a budget
     (they would be infeasible evaluations charged to the budget).
+
+    With ``imagination`` (``agent.imagined_episodes`` > 0, a cost budget), the episodes
+    it schedules are imagined: the projected policy is scored by its additive model
+    instead of an evaluator, rewarded the same way, and neither charged nor recorded.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -60,11 +65,15 @@ class ReleqEnv(gym.Env[np.ndarray, np.ndarray]):
         float_accuracy: float,
         weight_stds: list[float],
         infeasible: str = "project",
+        imagination: Imagination | None = None,
     ) -> None:
         if infeasible not in ("project", "penalty"):
             raise ValueError(f"infeasible must be project or penalty, got '{infeasible}'")
         self.infeasible = infeasible
         self.space, self.recorder, self.reward = space, recorder, reward
+        # imagined episodes need the reward at the episode's end: a cost budget
+        active = imagination is not None and imagination.active and space.budget is not None
+        self.imagination = imagination if active else None
         self.float_accuracy = float_accuracy
         searched = [space.inventory[i] for i in space.searchable]
         self.features = releq_layer_features(searched, [weight_stds[i] for i in space.searchable])
@@ -137,9 +146,17 @@ class ReleqEnv(gym.Env[np.ndarray, np.ndarray]):
             if overshoot > 1e-9:  # infeasible: a failure, known without evaluating it
                 reward, info = -1.0 - overshoot, {"cost": self.space.cost.total(policy)}
                 return self._end(policy, reward, info)
+        if last and self.imagination is not None and self.imagination.next_is_imagined():
+            policy = self.space.enforce_budget(policy, count=False)
+            accuracy = self.imagination.predict(policy)
+            self.state_acc = accuracy / self.float_accuracy
+            reward = self._reward(policy)
+            return self._end(policy, reward, {"imagined": accuracy}, imagined=True)
         if last or (self.reward.every == "step" and not self.budgeted):
             policy = self.space.enforce_budget(policy)
             evaluation = self.recorder.evaluate(policy)
+            if last and self.imagination is not None:
+                self.imagination.observe(policy, evaluation.accuracy)
             self.state_acc = evaluation.accuracy / self.float_accuracy
             reward = self._reward(policy)
             info = {"accuracy": evaluation.accuracy, "cost": evaluation.cost}
@@ -150,12 +167,14 @@ class ReleqEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._observation(), reward, False, False, info
 
     def _end(
-        self, policy: Policy, reward: float, info: dict[str, Any]
+        self, policy: Policy, reward: float, info: dict[str, Any], imagined: bool = False
     ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Close the episode at ``policy``: log it, remember its bits for the next state."""
+        """Close the episode at ``policy``: log it (unless ``imagined``), remember its bits
+        for the next state."""
         self.episode_return += reward
         self.position += 1
-        self.recorder.end_episode(policy, self.episode_return, self.layers)
+        if not imagined:
+            self.recorder.end_episode(policy, self.episode_return, self.layers)
         w_bits, a_bits = self.space.searched_bits(policy)
         self.previous = [self.options.index(pair) for pair in zip(w_bits, a_bits, strict=True)]
         return self._observation(), reward, True, False, info
@@ -187,10 +206,16 @@ class HaqEnv(gym.Env[np.ndarray, np.ndarray]):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
-        self, space: SearchSpace, recorder: SearchRecorder, reward: HaqReward, float_accuracy: float
+        self,
+        space: SearchSpace,
+        recorder: SearchRecorder,
+        reward: HaqReward,
+        float_accuracy: float,
+        imagination: Imagination | None = None,
     ) -> None:
         self.space, self.recorder, self.reward = space, recorder, reward
         self.float_accuracy = float_accuracy
+        self.imagination = imagination if imagination and imagination.active else None
         self.features = haq_layer_features([space.inventory[i] for i in space.searchable])
         kinds = (True, False) if space.search_activations else (True,)
         self.plan = [
@@ -236,8 +261,16 @@ class HaqEnv(gym.Env[np.ndarray, np.ndarray]):
         self.step_index += 1
         if self.step_index < len(self.plan):
             return self._observation(), 0.0, False, False, {}
-        policy = self.space.enforce_budget(self.space.policy(self.w_bits, self.a_bits))
+        proposal = self.space.policy(self.w_bits, self.a_bits)
+        if self.imagination is not None and self.imagination.next_is_imagined():
+            policy = self.space.enforce_budget(proposal, count=False)
+            accuracy = self.imagination.predict(policy)
+            reward = self.reward(accuracy, self.float_accuracy)
+            return self._observation(), reward, True, False, {"imagined": accuracy}
+        policy = self.space.enforce_budget(proposal)
         evaluation = self.recorder.evaluate(policy)
+        if self.imagination is not None:
+            self.imagination.observe(policy, evaluation.accuracy)
         reward = self.reward(evaluation.accuracy, self.float_accuracy)
         self.recorder.end_episode(policy, reward, len(self.plan))
         info = {"accuracy": evaluation.accuracy, "cost": evaluation.cost}

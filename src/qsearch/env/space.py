@@ -185,17 +185,18 @@ class SearchSpace:
         b_max = self.w_choices[-1]
         return sum(b * w for b, w in zip(w_bits, weights, strict=True)) / (b_max * sum(weights))
 
-    def enforce_budget(self, policy: Policy) -> Policy:
+    def enforce_budget(self, policy: Policy, count: bool = True) -> Policy:
         """HAQ's projection: from the last searched layer to the first, take one step of
         bits off (activation, then weight) until the cost fits the budget. Counted in
-        ``projection``."""
+        ``projection`` unless ``count`` is False (an imagined episode's proposal)."""
         if self.budget is None:
             return policy
-        self.projection.proposals += 1
+        stats = self.projection if count else ProjectionStats()
+        stats.proposals += 1
         if self.feasible(policy):
             return policy
         self.check_budget()  # the loop below ends: the cheapest policy fits
-        self.projection.projected += 1
+        stats.projected += 1
         w_bits, a_bits = self.searched_bits(policy)
         while True:
             for position in reversed(range(len(self.searchable))):
@@ -205,7 +206,7 @@ class SearchSpace:
                 ):
                     if searched and bits[position] > choices[0]:
                         bits[position] = _step_down(bits[position], choices)
-                        self.projection.steps += 1
+                        stats.steps += 1
                         candidate = self.policy(w_bits, a_bits)
                         if self.feasible(candidate):
                             return candidate

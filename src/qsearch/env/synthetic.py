@@ -31,9 +31,10 @@ from qsearch.errors import UserError
 from qsearch.quant.policy import Policy
 
 
-def noise_power(bits: np.ndarray | int) -> np.ndarray:
-    """``q(b) = 4^-b``: relative power of b-bit quantization noise."""
-    return np.power(4.0, -np.asarray(bits, dtype=np.float64))
+def noise_power(bits: np.ndarray | int, base: float = 4.0) -> np.ndarray:
+    """``q(b) = 4^-b``: relative power of b-bit quantization noise (``base`` other than 4:
+    a law the additive model of :mod:`qsearch.env.surrogate` does not assume)."""
+    return np.power(float(base), -np.asarray(bits, dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class SyntheticConfig:
     noise_std: float = 0.0
     estimate_error: float = 0.5
     sensitivities: str | None = None
+    noise_base: float = 4.0
     name: str = "synthetic"
 
     @classmethod
@@ -64,6 +66,8 @@ class SyntheticConfig:
             raise UserError(
                 f"evaluator.activation_share must be in [0, 1), got {config.activation_share}"
             )
+        if not float(config.noise_base) > 1:
+            raise UserError(f"evaluator.noise_base must be > 1, got {config.noise_base}")
         if config.noise_std < 0 or config.estimate_error < 0:
             raise UserError("evaluator.noise_std and evaluator.estimate_error must be >= 0")
         return config
@@ -77,7 +81,9 @@ def _random_sensitivities(layers: int, config: SyntheticConfig) -> tuple[np.ndar
     return s, r
 
 
-def _sensitivities_from_file(path: str, layers: int) -> tuple[np.ndarray, np.ndarray]:
+def _sensitivities_from_file(
+    path: str, layers: int, base: float = 4.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-layer sensitivities from HAWQ's ``hawq_sensitivity.json`` (a real model):
     ``omega_w``/``omega_a`` rows are rescaled to the ``4^-b`` law through their 3-bit
     column when present, else their first (lowest-bit) column."""
@@ -96,7 +102,7 @@ def _sensitivities_from_file(path: str, layers: int) -> tuple[np.ndarray, np.nda
 
     def at_law(omega: np.ndarray, bits: list[int]) -> np.ndarray:
         column = bits.index(3) if 3 in bits else 0
-        return np.maximum(omega[:, column], 1e-12) / noise_power(bits[column])
+        return np.maximum(omega[:, column], 1e-12) / noise_power(bits[column], base)
 
     return at_law(omega_w, list(w_bits)), at_law(omega_a, list(a_bits))
 
@@ -108,23 +114,27 @@ class SyntheticLandscape:
         self.space, self.config = space, config
         layers = len(space.searchable)
         if config.sensitivities:
-            s, r = _sensitivities_from_file(config.sensitivities, layers)
+            s, r = _sensitivities_from_file(config.sensitivities, layers, config.noise_base)
         else:
             s, r = _random_sensitivities(layers, config)
         # with activations fixed, the whole loss is on the weights
         share = config.activation_share if space.search_activations else 0.0
         # scale so that every searched layer at W3A3 loses drop_at_3bit points
-        s = s / s.sum() * (1 - share) * config.drop_at_3bit / noise_power(3)
-        r = r / r.sum() * share * config.drop_at_3bit / noise_power(3)
+        s = s / s.sum() * (1 - share) * config.drop_at_3bit / self.q(3)
+        r = r / r.sum() * share * config.drop_at_3bit / self.q(3)
         self.s, self.r = s, r
         self.float_accuracy = float(config.float_accuracy)
         self.calls = 0
         self._optimum: tuple[float, Policy] | None = None
 
+    def q(self, bits: np.ndarray | int) -> np.ndarray:
+        """The landscape's noise law, ``noise_base^-b``."""
+        return noise_power(bits, self.config.noise_base)
+
     def true_accuracy(self, policy: Policy) -> float:
         """The noiseless accuracy of ``policy`` in %."""
         w, a = self.space.searched_bits(policy)
-        loss = self.s @ noise_power(np.array(w)) + self.r @ noise_power(np.array(a))
+        loss = self.s @ self.q(np.array(w)) + self.r @ self.q(np.array(a))
         return self.float_accuracy - float(loss)
 
     def _noise(self, policy: Policy) -> float:
@@ -149,7 +159,7 @@ class SyntheticLandscape:
             table = LayerOptions.of(self.space)
             w = np.array([o[0] for o in table.options])
             a = np.array([o[1] for o in table.options])
-            values = -(np.outer(self.s, noise_power(w)) + np.outer(self.r, noise_power(a)))
+            values = -(np.outer(self.s, self.q(w)) + np.outer(self.r, self.q(a)))
             choice = solve_mckp(values, table.cost, self.space.budget - table.fixed_cost)
             picked = [table.options[k] for k in choice]
             policy = self.space.policy([p[0] for p in picked], [p[1] for p in picked])
@@ -168,6 +178,6 @@ class SyntheticLandscape:
         error = self.config.estimate_error
         s = self.s * rng.lognormal(0.0, error, self.s.shape) if error else self.s
         r = self.r * rng.lognormal(0.0, error, self.r.shape) if error else self.r
-        omega_w = np.outer(s, noise_power(np.array(self.space.w_choices)))
-        omega_a = np.outer(r, noise_power(np.array(self.space.a_choices)))
+        omega_w = np.outer(s, self.q(np.array(self.space.w_choices)))
+        omega_a = np.outer(r, self.q(np.array(self.space.a_choices)))
         return omega_w, omega_a
