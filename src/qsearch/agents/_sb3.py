@@ -13,7 +13,6 @@ from stable_baselines3.common.callbacks import BaseCallback
 from qsearch.agents import SearchContext
 from qsearch.env.recorder import BudgetExhausted
 from qsearch.env.surrogate import AdditiveSurrogate, Imagination
-from qsearch.quant.policy import Policy
 from qsearch.utils.io import write_atomic
 
 AGENT_FILE = "agent.zip"
@@ -80,10 +79,6 @@ def imagination(ctx: SearchContext, episodes: int, after: int) -> Imagination | 
     if episodes <= 0:
         return None
     plan = Imagination(AdditiveSurrogate(ctx.space), episodes, after)
-    space = ctx.space
     for evaluation in ctx.recorder.searched():
-        policy = Policy.from_bits(
-            space.model, space.dataset, space.names, evaluation.w_bits, evaluation.a_bits
-        )
-        plan.surrogate.add(policy, evaluation.accuracy)
+        plan.surrogate.add(ctx.recorder.policy_of(evaluation), evaluation.accuracy)
     return plan

@@ -224,14 +224,16 @@ class SearchRecorder:
 
     def best_policy(self) -> Policy | None:
         """The best policy by the objective (feasible ones first), or None."""
-        if self.best is None:
-            return None
+        return None if self.best is None else self.policy_of(self.best)
+
+    def policy_of(self, evaluation: Evaluation) -> Policy:
+        """The policy ``evaluation`` scored."""
         return Policy.from_bits(
             self.space.model,
             self.space.dataset,
             self.space.names,
-            self.best.w_bits,
-            self.best.a_bits,
+            evaluation.w_bits,
+            evaluation.a_bits,
         )
 
     @property

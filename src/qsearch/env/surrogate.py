@@ -46,10 +46,10 @@ class AdditiveSurrogate:
 
     space: SearchSpace
     ridge: float = 1e-4
-    seen: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
-    intercept: float = 0.0
-    alpha: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    beta: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    seen: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict, init=False)
+    intercept: float = field(default=0.0, init=False)
+    alpha: np.ndarray = field(init=False)
+    beta: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.space.searchable)
