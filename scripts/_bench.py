@@ -7,6 +7,7 @@ scripts can run independently and in any order.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -112,10 +113,23 @@ def update_doc_section(name: str, body: str) -> Path:
     return DOC
 
 
+@functools.cache
+def recipe_tag(pair: str) -> str:
+    """``"|distill=<alpha>"`` when `qsearch finetune` distils from the float model by default
+    for ``pair`` (``"<model>-<dataset>"``; conf/dataset/*.yaml ``finetune_distill``), else
+    ``""``: fine-tunes cached before distillation was on keep their keys and meaning."""
+    from qsearch.config import job_config
+
+    model, dataset = pair.rsplit("-", 1)
+    cfg = job_config("finetune", [f"model={model}", f"dataset={dataset}"])
+    alpha = float(cfg.finetune.distill.alpha)
+    return f"|distill={alpha:g}" if alpha else ""
+
+
 def finetune_key(pair: str, bits: str, epochs: int | str | None) -> str:
     """The key of a fine-tuned accuracy in benchmarks/proxy_ground_truth.json:
-    ``"<model>-<dataset>|<Policy.key()>|epochs=<n or default>"``."""
-    return f"{pair}|{bits}|epochs={epochs or 'default'}"
+    ``"<model>-<dataset>|<Policy.key()>|epochs=<n or default>"`` and :func:`recipe_tag`."""
+    return f"{pair}|{bits}|epochs={epochs or 'default'}{recipe_tag(pair)}"
 
 
 def qsearch_command(*args: str) -> list[str]:

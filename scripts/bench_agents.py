@@ -86,6 +86,8 @@ def _overrides(job: Job) -> list[str]:
         f"search.a_bits={BITS}",
         f"budget.evaluations={job.evaluations}",
         f"seed={job.seed}",
+        "search.patience=null",  # the runs stop at --max-episodes-factor, as all rows did
+        "search.uniform_start=0",  # the agent alone: no uniform policies evaluated first
         *job.overrides,
     ]
 
@@ -215,7 +217,9 @@ def summarise(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> st
         "decades, half on activations). W and A searched in 2..8, first/last at 8, BitOPs "
         "budget = uniform W3A3. Regret = optimum - true accuracy of the returned policy, "
         "in points; median over seeds (found: seeds that hit the exact optimum). Under "
-        "noise, the search picks by the noisy accuracy it saw. "
+        "noise, the search picks by the noisy accuracy it saw. Each run stops at its "
+        "evaluation budget or after 2 x budget episodes (a converged RL agent re-proposes "
+        "evaluated policies for free). "
         "hawq is handed the landscape's own per-layer sensitivities (log-normal error, "
         "sigma 0.5) and the landscape is additive, as HAWQ's model is: its row is an upper "
         "bound of what sensitivities measured on a real network give. RL target (issue 18): "
@@ -251,7 +255,10 @@ def summarise(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> st
                     )
                 table.append(cells)
             seeds = len({r["seed"] for r in subset})
-            lines.append(f"noise_std {noise} points, {seeds} seeds: median regret (found)")
+            lines.append(
+                f"noise_std {noise} points, up to {seeds} seeds: median regret (seeds that "
+                "found the optimum / seeds run)"
+            )
             lines.append("")
             lines.append(markdown_table(["agent", *[f"{b} evals" for b in budgets]], table))
             lines.append("")
@@ -268,11 +275,14 @@ def figure(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = sorted({(r["landscape"], r["noise_std"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels) + 1.5, 3.6), squeeze=False, layout="constrained"
+    )
     for ax, (landscape, noise) in zip(axes[0], panels, strict=True):
-        for agent in labels(rows):
+        for colour, agent in enumerate(labels(rows)):  # one colour per agent in every panel
             subset = [
                 r
                 for r in rows
@@ -290,19 +300,26 @@ def figure(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> None:
                     for b in budgets
                 ]
             )
-            ax.plot(budgets, quartiles[:, 1], marker="o", label=agent)
-            ax.fill_between(budgets, quartiles[:, 0], quartiles[:, 2], alpha=0.15)
+            ax.plot(budgets, quartiles[:, 1], marker="o", label=agent, color=f"C{colour}")
+            ax.fill_between(
+                budgets, quartiles[:, 0], quartiles[:, 2], alpha=0.15, color=f"C{colour}"
+            )
         ax.axhline(
             refs[landscape]["best_uniform_regret"], color="grey", ls="--", label="best uniform"
         )
         ax.set_xscale("log")
+        ax.set_xticks(EVALUATIONS, [str(b) for b in EVALUATIONS])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_ylim(bottom=0)  # regret is never negative
         ax.set_xlabel("evaluations")
         ax.set_ylabel("regret (points)")
         ax.set_title(f"{landscape}, noise {noise}")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    legend = {}  # every agent of every panel, once
+    for ax in axes[0]:
+        legend |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(legend.values(), legend.keys(), loc="outside right center", fontsize=8)
     fig.savefig(FIGURE, dpi=120)
     plt.close(fig)
 

@@ -40,6 +40,7 @@ from _bench import (
     markdown_table,
     qsearch_command,
     read_json_file,
+    recipe_tag,
     update_doc_section,
     write_json_file,
 )
@@ -91,7 +92,7 @@ def finetuned(policy: Any, setting: Setting, cache: dict[str, Any]) -> dict[str,
     """``policy``'s accuracies after ``qsearch finetune`` (cached in FINETUNES; the same
     fine-tune done by scripts/bench_proxy.py for its ground truth is reused)."""
     pair = f"{policy.model}-{policy.dataset}"
-    key = f"{pair}|{policy.key()}|{' '.join(setting.finetune)}"
+    key = f"{pair}|{policy.key()}|{' '.join(setting.finetune)}{recipe_tag(pair)}"
     if key not in cache:
         epochs = [o.split("=", 1)[1] for o in setting.finetune if o.startswith("finetune.epochs=")]
         known = None

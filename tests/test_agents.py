@@ -10,7 +10,7 @@ import pytest
 import torch
 from sb3_contrib import RecurrentPPO
 
-from qsearch.agents import SearchContext
+from qsearch.agents import SearchContext, evaluate_uniform_start
 from qsearch.agents._sb3 import AGENT_FILE, save_atomic
 from qsearch.agents.haq import HaqAgent
 from qsearch.agents.releq import ReleqAgent
@@ -122,6 +122,40 @@ def test_agent_resumes_without_paying_twice(agent: str, tmp_path: Path) -> None:
     agent_again.search(resumed)
     assert resumed.recorder.used == 14
     assert evaluator.calls == 6  # the policies seen before the restart are not paid again
+
+
+@pytest.mark.parametrize("agent", ["releq", "haq"])
+def test_search_stops_once_patience_episodes_bring_nothing_new(agent: str, tmp_path: Path) -> None:
+    """27 policies in the space and a budget of 100: only the patience rule ends the run."""
+    ctx, search_agent = _context(agent, tmp_path, 100, synthetic=True)
+    ctx.patience = 5
+    search_agent.search(ctx)
+    recorder = ctx.recorder
+    assert recorder.used <= 27 and not recorder.exhausted
+    assert recorder.stale_episodes == 5
+
+
+def test_uniform_start_evaluates_the_dearest_uniform_policies_within_budget(
+    tmp_path: Path,
+) -> None:
+    """W in {2,4,8} at 8-bit activations, 70 % of the 8-bit BitOPs: W4A8 and W2A8 fit; a
+    quarter of 8 evaluations is 2, so both are evaluated (charged), dearest first."""
+    ctx, _ = _context("random", tmp_path, 8, cost_fraction=0.7, synthetic=True)
+    space = ctx.space
+    assert space.uniform_within_budget() == [(2, 8), (4, 8)]
+    started = evaluate_uniform_start(ctx, 0.25)
+    assert [e.w_bits for e in started] == [space.uniform(4).w_bits, space.uniform(2).w_bits]
+    assert ctx.recorder.used == 2 and all(e.feasible for e in started)
+    assert len(evaluate_uniform_start(ctx, 0.2)) == 1  # int(0.2 x 8) = 1, cached: free
+    assert ctx.recorder.used == 2
+
+
+def test_uniform_start_needs_a_cost_budget_and_a_share(tmp_path: Path) -> None:
+    ctx, _ = _context("random", tmp_path, 8, synthetic=True)
+    assert evaluate_uniform_start(ctx, 0.25) == []
+    (tmp_path / "b").mkdir()
+    ctx, _ = _context("random", tmp_path / "b", 8, cost_fraction=0.5, synthetic=True)
+    assert evaluate_uniform_start(ctx, 0.0) == [] and ctx.recorder.used == 0
 
 
 def test_agent_save_killed_midway_keeps_the_previous_file(tmp_path: Path) -> None:

@@ -63,3 +63,18 @@ def test_haq_searches_its_own_space() -> None:
 def test_command_line_still_wins_over_the_agent() -> None:
     cfg = compose("search", "agent=haq", "search.search_activations=false")
     assert cfg.search.search_activations is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "alpha"),
+    [
+        (("dataset=cifar10",), 0.5),  # measured to help there (conf/dataset/cifar10.yaml)
+        (("dataset=mnist",), 0.0),
+        (("dataset=cifar10", "finetune.distill.alpha=0"), 0.0),  # the command line wins
+    ],
+)
+def test_finetune_distillation_follows_the_dataset_recipe(
+    overrides: tuple[str, ...], alpha: float
+) -> None:
+    cfg = compose("finetune", *overrides)
+    assert cfg.finetune.distill.alpha == alpha

@@ -489,6 +489,7 @@ def test_budget_ranges(evaluations: int, fraction: float) -> None:
         ("search.pin_first_last=1", "lsq's weights and activations)"),
         ("budget.cost_fraction=abc", "budget.cost_fraction must be null or a number"),
         ("search.max_episodes=0", "search.max_episodes must be null or an integer >= 1"),
+        ("search.patience=-3", "search.patience must be null or an integer >= 1, got -3"),
         ("search.w_bits=[2,4],[]", "search.w_bits=[] is out of range"),
     ],
 )

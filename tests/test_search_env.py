@@ -149,6 +149,42 @@ def test_projection_always_fits_and_never_raises_bits(
         assert projected.key() == policy.key()
 
 
+def _walk_down(space: SearchSpace, policy: Policy) -> Policy:
+    """HAQ's projection spelt out: the whole policy's cost re-computed after every step."""
+    w_bits, a_bits = space.searched_bits(policy)
+    candidate = policy
+    while not space.feasible(candidate):
+        for position in reversed(range(len(space.searchable))):
+            for bits, choices, searched in (
+                (a_bits, space.a_choices, space.search_activations),
+                (w_bits, space.w_choices, True),
+            ):
+                if searched and bits[position] > choices[0] and not space.feasible(candidate):
+                    bits[position] = max(c for c in choices if c < bits[position])
+                    candidate = space.policy(w_bits, a_bits)
+    return candidate
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    w=st.lists(st.sampled_from([2, 3, 4, 5, 8]), min_size=3, max_size=3),
+    a=st.lists(st.sampled_from([2, 4, 8]), min_size=3, max_size=3),
+    fraction=st.floats(0.1, 1.0),
+    activations=st.booleans(),
+)
+def test_projection_equals_the_step_by_step_walk(
+    w: list[int], a: list[int], fraction: float, activations: bool
+) -> None:
+    """The projection adds up per-layer costs from a cached table; the walk re-computes
+    the whole policy's cost each step: the same policy comes out."""
+    space = make_space(search_activations=activations)
+    space.budget = fraction * space.cost.total(space.uniform(8))
+    if space.cost.total(space.min_policy()) > space.budget:
+        return
+    policy = space.policy(w, a if activations else None)
+    assert space.enforce_budget(policy).key() == _walk_down(space, policy).key()
+
+
 def test_impossible_budget_is_a_user_error() -> None:
     space = make_space()
     space.budget = 1.0
@@ -257,6 +293,23 @@ def test_recorder_resume_restores_budget_and_best(tmp_path: Path) -> None:
         )
     resumed.evaluate(space.uniform(3))
     assert evaluator.calls == 0  # already paid for before the crash
+
+
+def test_recorder_counts_episodes_since_the_last_new_policy(tmp_path: Path) -> None:
+    space = make_space()
+    recorder = make_recorder(space, tmp_path, budget=5)
+    assert recorder.stale_episodes == 0
+    recorder.end_episode(space.uniform(8), 0.0, 3)  # an episode with no evaluation
+    assert recorder.stale_episodes == 1
+    recorder.evaluate(space.uniform(4))  # new, in episode 1
+    recorder.end_episode(space.uniform(4), 0.0, 3)
+    assert recorder.stale_episodes == 0
+    for _ in range(3):
+        recorder.evaluate(space.uniform(4))  # a repeat is not new
+        recorder.evaluate(space.uniform(8), reference=True)  # nor is a reference
+        recorder.end_episode(space.uniform(4), 0.0, 3)
+    assert recorder.stale_episodes == 3
+    assert make_recorder(space, tmp_path, budget=5, resume=True).stale_episodes == 3
 
 
 def test_objective_prefers_feasible_then_accuracy(tmp_path: Path) -> None:

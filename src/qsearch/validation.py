@@ -220,6 +220,8 @@ RULES: list[tuple[str, Rule]] = [
     ("search.fixed_a_bits", Bits("activation", allow_float=True)),
     ("search.pin_first_last", Bits("both", allow_float=True, nullable=True)),
     ("search.max_episodes", Range(low=1, integer=True, nullable=True)),
+    ("search.patience", Range(low=1, integer=True, nullable=True)),
+    ("search.uniform_start", UNIT),
     # a uniform policy given as bits (finetune, dynamic, cost)
     ("w_bits", Bits("weight", allow_float=True, nullable=True)),
     ("a_bits", Bits("activation", allow_float=True, nullable=True)),
@@ -237,6 +239,7 @@ RULES: list[tuple[str, Rule]] = [
     ("*seed", COUNT),
     ("finetune.regularizer.lambda_max", NON_NEGATIVE),
     ("finetune.distill.alpha", UNIT),
+    ("dataset.recipe.finetune_distill", UNIT),
     ("finetune.distill.temperature", POSITIVE),
     ("evaluator.train_subset", Range(low=1, integer=True, nullable=True)),
     ("evaluator.val_subset", Range(low=1, integer=True, nullable=True)),

@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from qsearch.data import DataSplits
-from qsearch.env.recorder import SearchRecorder
+from qsearch.env.recorder import Evaluation, SearchRecorder
 from qsearch.env.rewards import HaqReward, ReleqReward
 from qsearch.env.space import SearchSpace
 from qsearch.quant.layers import QuantizerSpec
@@ -30,6 +30,7 @@ SensitivityEstimate = Callable[[], tuple[np.ndarray, np.ndarray]]
 class SearchContext:
     """Everything an agent may use. ``resume``: continue the search saved in ``run_dir``.
 
+    ``patience``: stop after this many episodes in a row without a new policy (None: never).
     ``sensitivities``: where the evaluator has its own estimate of per-layer sensitivities
     (the synthetic landscape), a function returning ``(omega_w, omega_a)``, arrays of shape
     ``(searched layers, len(w_choices))`` and ``(searched layers, len(a_choices))``: the
@@ -50,11 +51,28 @@ class SearchContext:
     runtime: Runtime
     max_episodes: int | None = None
     sensitivities: SensitivityEstimate | None = None
+    patience: int | None = None
 
     def done(self) -> bool:
-        """True once the evaluation budget or the episode cap is spent."""
+        """True once the evaluation budget or the episode cap is spent, or once ``patience``
+        episodes in a row proposed only policies already evaluated (a converged agent)."""
         capped = self.max_episodes is not None and self.recorder.episode >= self.max_episodes
-        return self.recorder.exhausted or capped
+        stale = self.patience is not None and self.recorder.stale_episodes >= self.patience
+        return self.recorder.exhausted or capped or stale
+
+
+def evaluate_uniform_start(ctx: SearchContext, share: float) -> list[Evaluation]:
+    """Evaluate the uniform WxA policies within the cost budget before the agent searches,
+    most expensive first, spending at most ``share`` of the evaluation budget (charged like
+    any evaluation). The search then returns at least the best of them: the yardstick a
+    mixed policy has to beat (what a user would try by hand). Nothing without a cost budget
+    (there is no yardstick then); a resumed search finds them cached, free."""
+    space, recorder = ctx.space, ctx.recorder
+    if space.budget is None or share <= 0:
+        return []
+    pairs = space.uniform_within_budget()[::-1]  # most expensive, usually most accurate
+    count = min(len(pairs), int(share * recorder.budget))
+    return [recorder.evaluate(space.uniform_pair(w, a)) for w, a in pairs[:count]]
 
 
 class Agent(Protocol):

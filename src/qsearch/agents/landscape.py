@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from qsearch.agents import SearchContext
+from qsearch.agents import SearchContext, evaluate_uniform_start
 from qsearch.config import instantiate_checked, job_config
 from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
 from qsearch.env.rewards import ReleqReward
@@ -101,7 +101,9 @@ def search_landscape(
         spec=setup.spec,
         runtime=setup.runtime,
         max_episodes=max_episodes,
+        patience=cfg.search.patience,
         sensitivities=lambda: landscape.estimate(seed),
     )
+    evaluate_uniform_start(ctx, float(cfg.search.uniform_start))
     agent.search(ctx)
     return LandscapeRun(recorder.searched(), landscape, recorder)

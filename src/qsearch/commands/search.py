@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from qsearch.agents import SearchContext
+from qsearch.agents import SearchContext, evaluate_uniform_start
 from qsearch.commands._common import console, load_trained_float, run_dir
 from qsearch.config import instantiate_checked
 from qsearch.data import Augment, DataSplits
@@ -165,6 +165,7 @@ def run(cfg: DictConfig) -> None:
         spec=setup.spec,
         runtime=setup.runtime,
         max_episodes=cfg.search.max_episodes,
+        patience=cfg.search.patience,
         sensitivities=(
             (lambda: evaluator.estimate(int(cfg.seed)))
             if isinstance(evaluator, SyntheticLandscape)
@@ -182,6 +183,7 @@ def run(cfg: DictConfig) -> None:
         "" if space.budget is None else limit,
     )
     with monitor:
+        evaluate_uniform_start(ctx, float(cfg.search.uniform_start))
         agent.search(ctx)
     _finish(cfg, out, scorer, agent, recorder, reference_cost)
 
@@ -254,13 +256,14 @@ def _learning_warnings(agent: Any, recorder: SearchRecorder) -> str | None:
     if not recorder.exhausted:
         log.warning(
             "%s stopped after %d episodes with %d of %d evaluations spent: it had no new "
-            "policy to propose (the uniform agent has one per bit choice; an RL agent that "
-            "only revisits evaluated policies ends at search.max_episodes, by default "
-            "100 x budget.evaluations)",
+            "policy to propose (the uniform agent has one per bit choice; an agent that "
+            "only revisits evaluated policies stops after search.patience such episodes in "
+            "a row (the last %d here), or at search.max_episodes)",
             agent.name,
             recorder.episode,
             recorder.used,
             recorder.budget,
+            recorder.stale_episodes,
         )
     learning_note = getattr(agent, "learning_note", None)  # RL agents: did it learn?
     note = learning_note(recorder.episode, recorder.used) if learning_note else None

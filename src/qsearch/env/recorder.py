@@ -119,6 +119,7 @@ class SearchRecorder:
         self.episodes: list[dict[str, Any]] = []
         self.best: Evaluation | None = None
         self.used = 0
+        self._last_new_episode: int | None = None
         self.started = time.perf_counter()
         self.evaluations_csv = run_dir / "evaluations.csv"
         self.episodes_csv = run_dir / "episodes.csv"
@@ -140,6 +141,12 @@ class SearchRecorder:
     @property
     def episode(self) -> int:
         return len(self.episodes)
+
+    @property
+    def stale_episodes(self) -> int:
+        """Episodes finished since the last one that evaluated a new (charged) policy."""
+        last = self._last_new_episode
+        return self.episode if last is None else self.episode - last - 1
 
     def evaluate(self, policy: Policy, reference: bool = False) -> Evaluation:
         """Accuracy, cost and objective of ``policy``; charges the budget once per policy.
@@ -175,6 +182,7 @@ class SearchRecorder:
         self.seen[key] = evaluation
         if not reference:
             self.used += 1
+            self._last_new_episode = evaluation.episode
             if self.best is None or evaluation.rank > self.best.rank:
                 self.best = evaluation
         self._append(
@@ -288,6 +296,7 @@ class SearchRecorder:
                     self.seen[policy.key()] = evaluation
                     if not evaluation.reference:
                         self.used += 1
+                        self._last_new_episode = evaluation.episode
                         if self.best is None or evaluation.rank > self.best.rank:
                             self.best = evaluation
         if self.episodes_csv.is_file():

@@ -20,7 +20,8 @@ class CostOracle:
     """A hardware cost model reduced to what the search needs (see ``qsearch.hardware``).
 
     ``per_layer(policy)`` returns each layer's cost in the search metric (the total is their
-    sum); ``metrics(policy)`` returns every metric the model computes, for the logs.
+    sum; a layer's cost depends on its own bits only, as every ``qsearch.hardware`` model's
+    ``layer_cost``); ``metrics(policy)`` returns every metric the model computes, for the logs.
     """
 
     metric: str
@@ -88,6 +89,9 @@ class SearchSpace:
     budget: float | None = None
     searchable: list[int] = field(init=False)
     projection: ProjectionStats = field(init=False, default_factory=ProjectionStats)
+    _cost_columns: dict[tuple[int, int], list[float]] = field(
+        init=False, default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.w_choices = sorted(set(self.w_choices))
@@ -198,6 +202,8 @@ class SearchSpace:
         self.check_budget()  # the loop below ends: the cheapest policy fits
         stats.projected += 1
         w_bits, a_bits = self.searched_bits(policy)
+        costs = self.cost.per_layer(policy)
+        limit = self.budget * (1 + 1e-9)  # as in feasible(), summed in the same order
         while True:
             for position in reversed(range(len(self.searchable))):
                 for bits, choices, searched in (
@@ -207,9 +213,19 @@ class SearchSpace:
                     if searched and bits[position] > choices[0]:
                         bits[position] = _step_down(bits[position], choices)
                         stats.steps += 1
-                        candidate = self.policy(w_bits, a_bits)
-                        if self.feasible(candidate):
-                            return candidate
+                        index = self.searchable[position]
+                        column = self._layer_costs(w_bits[position], a_bits[position])
+                        costs[index] = column[index]
+                        if float(sum(costs)) <= limit:
+                            return self.policy(w_bits, a_bits)
+
+    def _layer_costs(self, w_bits: int, a_bits: int) -> list[float]:
+        """Every layer's cost with each searched layer at ``(w_bits, a_bits)`` (pinned ones
+        at theirs), computed once per pair: one layer's cost depends on its own bits only."""
+        key = (w_bits, a_bits)
+        if key not in self._cost_columns:
+            self._cost_columns[key] = self.cost.per_layer(self.uniform_pair(w_bits, a_bits))
+        return self._cost_columns[key]
 
 
 def _step_down(bits: int, choices: list[int]) -> int:
