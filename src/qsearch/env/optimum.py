@@ -33,17 +33,17 @@ class LayerOptions:
     @classmethod
     def of(cls, space: SearchSpace) -> LayerOptions:
         """The options ``space`` searches (activations at ``fixed_a_bits`` when they are
-        not searched); costs from the space's oracle, one uniform policy per option.
+        not searched); costs from the space's oracle, one uniform policy per option
+        (:meth:`SearchSpace.layer_costs`).
 
         Assumes a layer's cost depends on its own bits only (true of every cost model in
         ``qsearch.hardware``: each prices a layer from its shape and bits).
         """
         a_choices = space.a_choices if space.search_activations else [space.fixed_a_bits]
         options = [(w, a) for w in space.w_choices for a in a_choices]
-        n = len(space.searchable)
         columns, fixed = [], 0.0
         for w, a in options:
-            per_layer = space.cost.per_layer(space.policy([w] * n, [a] * n))
+            per_layer = space.layer_costs(w, a)
             columns.append([per_layer[i] for i in space.searchable])
             fixed = float(sum(per_layer) - sum(columns[-1]))
         return cls(options, np.array(columns, dtype=np.float64).T, fixed)

@@ -181,10 +181,7 @@ class SearchRecorder:
         )
         self.seen[key] = evaluation
         if not reference:
-            self.used += 1
-            self._last_new_episode = evaluation.episode
-            if self.best is None or evaluation.rank > self.best.rank:
-                self.best = evaluation
+            self._charge(evaluation)
         self._append(
             self.evaluations_csv,
             [
@@ -209,6 +206,13 @@ class SearchRecorder:
         if self.on_evaluation is not None:
             self.on_evaluation(evaluation, self)
         return evaluation
+
+    def _charge(self, evaluation: Evaluation) -> None:
+        """Count a new searched evaluation against the budget; keep the best."""
+        self.used += 1
+        self._last_new_episode = evaluation.episode
+        if self.best is None or evaluation.rank > self.best.rank:
+            self.best = evaluation
 
     def end_episode(self, policy: Policy, episode_return: float, steps: int) -> dict[str, Any]:
         """Log a finished episode (or a non-RL agent's proposal) ending at ``policy``."""
@@ -285,20 +289,11 @@ class SearchRecorder:
                         )
                     except (AttributeError, KeyError, TypeError, ValueError):
                         continue  # a line torn by the crash
-                    policy = Policy.from_bits(
-                        self.space.model,
-                        self.space.dataset,
-                        self.space.names,
-                        evaluation.w_bits,
-                        evaluation.a_bits,
-                    )
+                    policy = self.policy_of(evaluation)
                     evaluation.metrics = self.space.cost.metrics(policy)
                     self.seen[policy.key()] = evaluation
                     if not evaluation.reference:
-                        self.used += 1
-                        self._last_new_episode = evaluation.episode
-                        if self.best is None or evaluation.rank > self.best.rank:
-                            self.best = evaluation
+                        self._charge(evaluation)
         if self.episodes_csv.is_file():
             with open(self.episodes_csv, newline="") as handle:
                 self.episodes = [row for row in csv.DictReader(handle) if row.get("wall_seconds")]

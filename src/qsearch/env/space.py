@@ -214,14 +214,16 @@ class SearchSpace:
                         bits[position] = _step_down(bits[position], choices)
                         stats.steps += 1
                         index = self.searchable[position]
-                        column = self._layer_costs(w_bits[position], a_bits[position])
+                        column = self.layer_costs(w_bits[position], a_bits[position])
                         costs[index] = column[index]
                         if float(sum(costs)) <= limit:
                             return self.policy(w_bits, a_bits)
 
-    def _layer_costs(self, w_bits: int, a_bits: int) -> list[float]:
+    def layer_costs(self, w_bits: int, a_bits: int) -> list[float]:
         """Every layer's cost with each searched layer at ``(w_bits, a_bits)`` (pinned ones
-        at theirs), computed once per pair: one layer's cost depends on its own bits only."""
+        at theirs), computed once per pair and shared by the budget projection and
+        :class:`~qsearch.env.optimum.LayerOptions`: searched layer ``i``'s entry is its cost
+        at those bits in any policy, as a layer's cost depends on its own bits only."""
         key = (w_bits, a_bits)
         if key not in self._cost_columns:
             self._cost_columns[key] = self.cost.per_layer(self.uniform_pair(w_bits, a_bits))
