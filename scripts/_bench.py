@@ -115,15 +115,19 @@ def update_doc_section(name: str, body: str) -> Path:
 
 @functools.cache
 def recipe_tag(pair: str) -> str:
-    """``"|distill=<alpha>"`` when `qsearch finetune` distils from the float model by default
-    for ``pair`` (``"<model>-<dataset>"``; conf/dataset/*.yaml ``finetune_distill``), else
-    ``""``: fine-tunes cached before distillation was on keep their keys and meaning."""
+    """What the default `qsearch finetune` recipe for ``pair`` (``"<model>-<dataset>"``) adds
+    to the first one these benchmarks used: ``"|distill=<alpha>"`` when it distils from the
+    float model (conf/dataset/*.yaml ``finetune_distill``), ``"|step_init=mse"`` when LSQ's
+    activation steps start at the least-MSE step. Fine-tunes cached before either change
+    keep their keys and meaning."""
     from qsearch.config import job_config
 
     model, dataset = pair.rsplit("-", 1)
     cfg = job_config("finetune", [f"model={model}", f"dataset={dataset}"])
     alpha = float(cfg.finetune.distill.alpha)
-    return f"|distill={alpha:g}" if alpha else ""
+    tag = f"|distill={alpha:g}" if alpha else ""
+    step_init = cfg.quantizer.activation.get("step_init", "lsq")
+    return tag + (f"|step_init={step_init}" if step_init != "lsq" else "")
 
 
 def finetune_key(pair: str, bits: str, epochs: int | str | None) -> str:

@@ -17,7 +17,8 @@ supernet (`evaluator=supernet`, trained once per pair by `qsearch supernet`, its
 time reported as setup_seconds); each scored on the validation split as in a search, timed
 per evaluation. Output: benchmarks/proxy.json rows {pair, proxy, kendall_tau, spearman,
 top5_recall, seconds_per_eval, setup_seconds, policies}, a table and scatter plots in
-docs/benchmarks.md.
+docs/benchmarks.md. Also how additive the fine-tuned accuracies are (benchmarks/
+additivity.json; `--additivity-only` computes just that from the saved ground truth).
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ class Files:
     @property
     def results(self) -> Path:
         return self.folder / "proxy.json"
+
+    @property
+    def additivity(self) -> Path:
+        return self.folder / "additivity.json"
 
 
 def _overrides(pair: str) -> list[str]:
@@ -240,13 +245,63 @@ def train_supernet(pair: str, proxy: str) -> None:
         subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
-def summarise(results: list[dict[str, Any]]) -> str:
+def additivity(pair: str, files: Files) -> list[dict[str, Any]]:
+    """How additive the pair's fine-tuned accuracies are: each ground-truth policy predicted
+    by the additive noise model (qsearch.env.surrogate, the model behind
+    ``search.model_every``) fitted on all the others (leave-one-out), per fine-tune recipe
+    in the ground truth (the part of its key after the policy). Needs no run."""
+    from qsearch.env.fidelity import fidelity
+    from qsearch.env.surrogate import AdditiveSurrogate
+
+    _, space = _space(pair)
+    recipes: dict[str, dict[str, float]] = {}
+    for key, value in load_json(files.ground_truth, {}).items():
+        name, bits, recipe = key.split("|", 2)
+        if name == pair:
+            recipes.setdefault(recipe, {})[bits] = value["test"]
+    rows = []
+    for recipe, truth in sorted(recipes.items()):
+        if len(truth) < 8:
+            continue  # too few to fit and rank
+        policies = []
+        for bits in truth:
+            pairs = [tuple(map(int, layer.split("/"))) for layer in bits.split()]
+            row = {"w_bits": [w for w, _ in pairs], "a_bits": [a for _, a in pairs]}
+            policies.append(space.policy(*_searched(space, row)))
+        accuracy = list(truth.values())
+        predicted = []
+        for held_out in range(len(policies)):
+            model = AdditiveSurrogate(space)
+            for i, policy in enumerate(policies):
+                if i != held_out:
+                    model.add(policy, accuracy[i])
+            model.fit()
+            predicted.append(model.predict(policies[held_out]))
+        score = fidelity(accuracy, predicted)
+        error = np.array(predicted) - np.array(accuracy)
+        rows.append(
+            {
+                "pair": pair,
+                "recipe": recipe,
+                "policies": len(policies),
+                "kendall_tau": round(score.kendall_tau, 4),
+                "spearman": round(score.spearman, 4),
+                "rmse": round(float(np.sqrt(np.mean(error**2))), 3),
+                "truth_std": round(float(np.std(accuracy)), 3),
+            }
+        )
+    return rows
+
+
+def summarise(results: list[dict[str, Any]], additive: list[dict[str, Any]] = ()) -> str:
     lines = [
         "`python scripts/bench_proxy.py`: rank agreement of each proxy (the search's "
         "evaluator) with the test accuracy after `qsearch finetune`, over a fixed set of "
         "random mixed W+A policies (BitOPs from uniform W2A2's to W5A5's, "
         "first/last at 8) plus the uniform ones in that range. Seconds per evaluation on "
-        "this machine, uncached.",
+        "this machine, uncached. The rows so far (lenet5-mnist) were measured before LSQ's "
+        "activations started at the least-MSE step (`quantizer.activation.step_init=lsq`, "
+        "the default until 2026-11-29), proxies and fine-tunes alike.",
         "",
     ]
     header = ["pair", "proxy", "Kendall tau", "Spearman", "top-5 recall", "s / eval"]
@@ -265,6 +320,30 @@ def summarise(results: list[dict[str, Any]]) -> str:
         for r in results
     ]
     lines += [markdown_table(header, table), "", "![proxy vs fine-tuned](proxy_scatter.png)"]
+    if additive:
+        lines += [
+            "",
+            "How additive the fine-tuned accuracies are (the assumption of "
+            "`search.model_every`'s model, `acc = c - sum_l (alpha_l 4^-w_l + beta_l 4^-a_l)`): "
+            "each policy of the ground truth predicted by the model fitted on the others "
+            "(leave-one-out), per fine-tune recipe of the ground truth:",
+            "",
+            markdown_table(
+                ["pair", "fine-tune", "policies", "Kendall tau", "Spearman", "RMSE", "truth std"],
+                [
+                    [
+                        r["pair"],
+                        r["recipe"],
+                        r["policies"],
+                        f"{r['kendall_tau']:.2f}",
+                        f"{r['spearman']:.2f}",
+                        f"{r['rmse']:.2f}",
+                        f"{r['truth_std']:.2f}",
+                    ]
+                    for r in additive
+                ],
+            ),
+        ]
     for r in results:
         if r.get("uniform") and r["proxy"] == "supernet":
             lines += [
@@ -322,6 +401,11 @@ def main() -> None:
         "--out", type=Path, default=RESULTS_DIR, help="results folder (not benchmarks/: no doc)"
     )
     parser.add_argument(
+        "--additivity-only",
+        action="store_true",
+        help="only the leave-one-out additivity table, from the saved ground truth",
+    )
+    parser.add_argument(
         "--finetune-epochs",
         type=int,
         default=None,
@@ -329,7 +413,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     files = Files(args.out)
+    additive = [row for pair in args.pairs for row in additivity(pair, files)]
+    fresh_pairs = set(args.pairs)
+    additive = [
+        r for r in load_json(files.additivity, []) if r["pair"] not in fresh_pairs
+    ] + additive
+    save_json(files.additivity, additive)
     kept = load_json(files.results, [])
+    if args.additivity_only:
+        print(markdown_table(list(additive[0]), [list(r.values()) for r in additive]))
+        if files.folder.resolve() == RESULTS_DIR.resolve():
+            update_doc_section("proxy", summarise(kept, additive))
+        return
     results, panels = [], {}
     for pair in args.pairs:
         rows = policy_rows(pair, files, args.mixed)
@@ -362,7 +457,7 @@ def main() -> None:
     save_json(files.results, merged)
     if files.folder.resolve() == RESULTS_DIR.resolve():
         figure(panels)
-        update_doc_section("proxy", summarise(merged))
+        update_doc_section("proxy", summarise(merged, additive))
 
 
 if __name__ == "__main__":

@@ -3,14 +3,16 @@
     python scripts/bench_quant.py                      # every case (~1 h on 2 CPU cores)
     python scripts/bench_quant.py --only lenet5-mnist  # one group of cases
     python scripts/bench_quant.py --only overhead
+    python scripts/bench_quant.py --only step-init     # LSQ's initial step, untrained
 
-Accuracy: `qsearch finetune` (LSQ, periodic regularizer on, no distillation) from the
-cached float checkpoint, first and last layer at 8 bits, the dataset's default fine-tune
-epochs unless --resnet-epochs says otherwise; test accuracy before and after, and the loss
-against float. Regularizer: the same case with lambda_max=0. Overhead: the time of a
-training step of the LSQ W4A4 model over the float model's, same batch, alternating
-repeats in one run (median of 5); and, where brevitas is installed, our LSQ conv against
-brevitas's QuantConv2d at the same bits.
+Accuracy: `qsearch finetune`'s recipe (LSQ, periodic regularizer on, the dataset's default
+distillation: on for CIFAR-10) from the cached float checkpoint, first and last layer at
+8 bits, the dataset's default fine-tune epochs unless --resnet-epochs says otherwise; test
+accuracy before and after, and the loss against float. Regularizer: the same case with
+lambda_max=0. Overhead: the time of a training step of the LSQ W4A4 model over the float
+model's, same batch, alternating repeats in one run (median of 5); and, where brevitas is
+installed, our LSQ conv against brevitas's QuantConv2d at the same bits. Step init: the
+accuracy right after calibration with LSQ's two initial activation steps.
 Results merge into benchmarks/quant.json by case as each one finishes, so groups can be run
 separately and a killed run keeps the cases it completed.
 """
@@ -26,13 +28,19 @@ import torch
 
 from _bench import load_json, markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
-from qsearch.data import train_loader
+from qsearch.data import eval_loader, train_loader
 from qsearch.errors import UserError
 from qsearch.quant.layers import QuantizerSpec
 from qsearch.setup import Setup
 from qsearch.train.finetune import build_quantized, finetune
 from qsearch.train.fit import TrainContext
-from qsearch.train.loop import TrainStep, build_optimizer, cross_entropy_loss, train_one_epoch
+from qsearch.train.loop import (
+    TrainStep,
+    build_optimizer,
+    cross_entropy_loss,
+    evaluate,
+    train_one_epoch,
+)
 from qsearch.train.recipe import FinetuneRecipe
 
 # case name: (model, dataset, w_bits, a_bits, regularizer on, target loss in points or None)
@@ -44,11 +52,14 @@ CASES = {
     "lenet5-mnist-w2a2-noreg": ("lenet5", "mnist", 2, 2, False, None),
     "lenet5-mnist-w3a3-noreg": ("lenet5", "mnist", 3, 3, False, None),
     "resnet20-cifar10-w4a4": ("resnet20", "cifar10", 4, 4, True, 1.0),
-    "resnet20-cifar10-w3a3": ("resnet20", "cifar10", 3, 3, True, None),
-    "resnet20-cifar10-w2a2": ("resnet20", "cifar10", 2, 2, True, None),
+    "resnet20-cifar10-w3a3": ("resnet20", "cifar10", 3, 3, True, 1.5),  # issue 21's targets
+    "resnet20-cifar10-w2a2": ("resnet20", "cifar10", 2, 2, True, 4.0),
     "resnet20-cifar10-w3a3-noreg": ("resnet20", "cifar10", 3, 3, False, None),
 }
 OVERHEAD = (("lenet5", "mnist"), ("resnet20", "cifar10"))
+# LSQ's initial activation step, calibrated and not trained: (model, dataset, w, a)
+STEP_INIT = [("resnet20", "cifar10", w, a) for w, a in ((8, 2), (8, 3), (8, 4), (3, 3), (2, 2))]
+STEP_INIT += [("lenet5", "mnist", 8, 2), ("lenet5", "mnist", 2, 2)]
 
 
 def finetune_case(name: str, resnet_epochs: int | None, seed: int) -> dict:
@@ -102,6 +113,26 @@ def finetune_case(name: str, resnet_epochs: int | None, seed: int) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
         "bf16": runtime.bf16,
     }
+
+
+def step_init_row(model_name: str, dataset: str, w: int, a: int) -> dict:
+    """Test accuracy right after calibration (no training) with LSQ's activation steps at
+    the paper's ``2 <|x|> / sqrt(Qp)`` and at the least-MSE step (``step_init``)."""
+    row: dict = {"case": f"step-init-{model_name}-{dataset}-w{w}a{a}", "model": model_name}
+    row |= {"dataset": dataset, "w_bits": w, "a_bits": a}
+    for step_init in ("lsq", "mse"):
+        overrides = [f"model={model_name}", f"dataset={dataset}", f"w_bits={w}", f"a_bits={a}"]
+        overrides.append(f"quantizer.activation.step_init={step_init}")
+        setup = Setup.from_config(job_config("finetune", overrides))
+        try:
+            data = setup.data
+        except UserError as exc:
+            return {"case": row["case"], "skipped": str(exc)}
+        row["float_test"] = round(setup.float_checkpoint().meta["test_acc"], 2)
+        model = build_quantized(setup.float_model, setup.policy(), setup.spec, data, setup.runtime)
+        loader = eval_loader(data, "test", batch_size=500, device=str(setup.runtime.device))
+        row[step_init] = round(evaluate(model, loader, setup.runtime).accuracy, 2)
+    return row
 
 
 def _step_seconds(model, batch, optimizer, runtime, steps: int) -> float:
@@ -277,6 +308,28 @@ def report(rows: dict[str, dict]) -> str:
                 ],
             ),
         ]
+    init = [r for r in rows.values() if r["case"].startswith("step-init-") and "mse" in r]
+    if init:
+        text += [
+            "",
+            "LSQ's initial activation step (`quantizer.activation.step_init`), calibrated on "
+            "one batch and not trained: test accuracy with the paper's 2<|x|>/sqrt(Qp) "
+            "(`lsq`) and the least-MSE step (`mse`, the default).",
+            "",
+            markdown_table(
+                ["model / dataset", "bits", "float", "lsq", "mse"],
+                [
+                    [
+                        f"{r['model']} / {r['dataset']}",
+                        f"W{r['w_bits']}A{r['a_bits']}",
+                        f"{r['float_test']:.2f}",
+                        f"{r['lsq']:.2f}",
+                        f"{r['mse']:.2f}",
+                    ]
+                    for r in init
+                ],
+            ),
+        ]
     peer = rows.get("brevitas")
     if peer and "ratio" in peer:
         text += [
@@ -319,6 +372,10 @@ def main() -> int:
                 key = f"overhead-{model_name}-{precision}" + ("-compiled" if compiled else "")
                 if args.only in key:
                     record(key, overhead_row(model_name, dataset, precision, compiled))
+    for model_name, dataset, w, a in STEP_INIT:
+        key = f"step-init-{model_name}-{dataset}-w{w}a{a}"
+        if args.only in key:
+            record(key, step_init_row(model_name, dataset, w, a))
     if args.only in "brevitas":
         record("brevitas", brevitas_row())
     return 0

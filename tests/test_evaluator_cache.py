@@ -1,6 +1,6 @@
 """The evaluation cache's key covers everything that changes an accuracy: the float
 weights' content (not the recipe's name), device, precision, compiled kernels and the
-evaluator's own version."""
+evaluator's own version, and the quantizer's settings, not only its name."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from qsearch.env import evaluator as evaluator_module
 from qsearch.env.evaluator import PolicyEvaluator, RetrainConfig
 from qsearch.models import build_model
 from qsearch.quant.kernels import set_compile
+from qsearch.quant.layers import QuantizerSpec
 from qsearch.setup import Setup
 from tests.conftest import compose
 
@@ -21,13 +22,18 @@ SETUP = Setup.from_config(CFG)
 DATA, RUNTIME = SETUP.data, SETUP.runtime
 
 
-def _key(model: torch.nn.Module, tmp_path: Path, **runtime_changes: object) -> str:
+def _key(
+    model: torch.nn.Module,
+    tmp_path: Path,
+    spec: QuantizerSpec = SETUP.spec,
+    **runtime_changes: object,
+) -> str:
     runtime = dataclasses.replace(RUNTIME, **runtime_changes)
     evaluator = PolicyEvaluator(
         model,
         DATA,
         runtime,
-        SETUP.spec,
+        spec,
         RetrainConfig.from_config(CFG.evaluator, steps=0),
         seed=0,
         cache_dir=tmp_path,
@@ -60,3 +66,10 @@ def test_key_follows_precision_layout_compile_and_version(tmp_path: Path, monkey
         set_compile(False)
     monkeypatch.setattr(evaluator_module, "EVALUATOR_VERSION", 999)
     assert _key(_model(0), tmp_path) != base
+
+
+def test_key_follows_the_quantizers_settings(tmp_path: Path) -> None:
+    base = _key(_model(0), tmp_path)
+    for override in ("quantizer.activation.step_init=lsq", "quantizer.weight.per_channel=true"):
+        spec = QuantizerSpec.from_config(compose("search", override).quantizer)
+        assert spec.name == SETUP.spec.name and _key(_model(0), tmp_path, spec) != base

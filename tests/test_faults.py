@@ -490,6 +490,8 @@ def test_budget_ranges(evaluations: int, fraction: float) -> None:
         ("budget.cost_fraction=abc", "budget.cost_fraction must be null or a number"),
         ("search.max_episodes=0", "search.max_episodes must be null or an integer >= 1"),
         ("search.patience=-3", "search.patience must be null or an integer >= 1, got -3"),
+        ("search.model_every=-1", "search.model_every must be an integer >= 0, got -1"),
+        ("quantizer.activation.step_init=max", "step_init must be one of lsq, mse, got 'max'"),
         ("search.w_bits=[2,4],[]", "search.w_bits=[] is out of range"),
     ],
 )

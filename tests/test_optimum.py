@@ -72,3 +72,38 @@ def test_layer_options_cost_bitops_of_lenet5(search_activations: bool) -> None:
     picked = [table.options[k] for k in choice]
     policy = space.policy([w for w, _ in picked], [a for _, a in picked])
     assert table.policy_cost(choice) == pytest.approx(space.cost.total(policy))
+
+
+def _brute_force_ranked(values: np.ndarray, costs: np.ndarray, budget: float) -> list[float]:
+    """Every fitting combination's total value, best first."""
+    rows = np.arange(values.shape[0])
+    totals = [
+        float(values[rows, choice].sum())
+        for choice in itertools.product(range(values.shape[1]), repeat=values.shape[0])
+        if costs[rows, choice].sum() <= budget
+    ]
+    return sorted(totals, reverse=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cut=st.integers(1, 4))
+def test_solve_mckp_excluded_choices_give_the_next_best(seed: int, cut: int) -> None:
+    """Cutting off the optimum ``cut`` times in a row walks down the brute-force ranking."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(3, 4))
+    costs = rng.uniform(1.0, 10.0, size=(3, 4))
+    budget = costs.min(axis=1).sum() + 0.6 * (costs.max(axis=1).sum() - costs.min(axis=1).sum())
+    ranked = _brute_force_ranked(values, costs, budget * (1 + 1e-9))
+    rows, exclude = np.arange(3), []
+    for rank in range(min(cut, len(ranked))):
+        choice = solve_mckp(values, costs, budget, exclude)
+        assert choice not in exclude
+        assert values[rows, choice].sum() == pytest.approx(ranked[rank], abs=1e-9)
+        exclude.append(choice)
+
+
+def test_solve_mckp_with_everything_excluded_raises() -> None:
+    values, costs = np.zeros((1, 2)), np.array([[1.0, 5.0]])
+    assert solve_mckp(values, costs, 2.0) == [0]
+    with pytest.raises(ValueError, match="solver failed"):
+        solve_mckp(values, costs, 2.0, exclude=[[0]])  # the only fitting choice is cut

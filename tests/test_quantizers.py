@@ -196,6 +196,45 @@ def test_lsq_step_gradient_matches_the_formula_per_channel() -> None:
     assert torch.allclose(grad, expected, atol=1e-6)
 
 
+def _quant_mse(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+    """Quantization MSE of ``x`` (rows: channels) at each channel's ``step``."""
+    s = step.view(-1, 1)
+    return (torch.round(x / s).clamp(-qn, qp) * s - x).pow(2).mean(1)
+
+
+def test_lsq_mse_init_picks_the_least_error_candidate_for_sparse_activations() -> None:
+    """Post-ReLU activations with most values at zero: the paper's step (from the small
+    mean) clips the long tail; the MSE step is the best of the 57 candidates and larger."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(64, 256) * 2.0 - 1.5)  # ~77 % zeros
+    paper, mse = (
+        LsqQuantizer(2, "activation", signed=False),
+        LsqQuantizer(2, "activation", signed=False, step_init="mse"),
+    )
+    paper(x), mse(x)
+    candidates = torch.linspace(0.2, 3.0, 57) * paper.step.detach()
+    errors = _quant_mse(x.reshape(1, -1).expand(57, -1), candidates, 0, 3)
+    assert mse.step.item() == pytest.approx(candidates[errors.argmin()].item(), rel=1e-6)
+    assert mse.step.item() > paper.step.item()
+    step_error = _quant_mse(x.reshape(1, -1), mse.step.detach(), 0, 3)
+    assert step_error.item() < 0.8 * _quant_mse(x.reshape(1, -1), paper.step.detach(), 0, 3).item()
+
+
+def test_lsq_mse_init_per_channel_and_a_bad_init_name() -> None:
+    torch.manual_seed(1)
+    w = torch.randn(3, 50) * torch.tensor([[0.1], [1.0], [5.0]])
+    q = LsqQuantizer(3, "weight", channels=3, per_channel=True, step_init="mse")
+    paper = LsqQuantizer(3, "weight", channels=3, per_channel=True)
+    q(w), paper(w)
+    for channel in range(3):  # each channel's step is its own best candidate
+        candidates = torch.linspace(0.2, 3.0, 57) * paper.step.detach()[channel]
+        rows = w[channel].expand(57, -1)
+        errors = _quant_mse(rows, candidates, 4, 3)
+        assert q.step[channel].item() == pytest.approx(candidates[errors.argmin()].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="LSQ step_init must be one of lsq, mse, got 'max'"):
+        LsqQuantizer(3, "weight", step_init="max")
+
+
 def test_lsq_plus_offset_and_step_gradients() -> None:
     # 2-bit unsigned grid with offset: s = 1, beta = -1, (x - beta)/s = -2, 0.8, 1.7, 5
     q = LsqPlusQuantizer(2, "activation")

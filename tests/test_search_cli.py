@@ -193,21 +193,27 @@ def test_synthetic_search_reports_its_regret_without_data(tmp_path: Path) -> Non
         "search.search_activations=true",
         "budget.cost_fraction=0.2",
         "budget.evaluations=20",
+        "search.model_after=10",
         "data_root=/nonexistent",
     ]
     result = run_qsearch("search", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run,) = tmp_path.glob("outputs/search/*")
-    synthetic = json.loads((run / "summary.json").read_text())["synthetic"]
+    summary = json.loads((run / "summary.json").read_text())
+    # from the 10th charged evaluation on, every 5th is the accuracy model's: 10, 15, 20
+    assert summary["model_proposals"]["evaluations"] == 2  # the 20th ends the budget
+    synthetic = summary["synthetic"]
     assert synthetic["regret"] == synthetic["optimum"] - synthetic["found_true"] >= 0
     projection = json.loads((run / "summary.json").read_text())["projection"]
-    # a quarter of the budget went first to uniform WxA policies within the budget
+    # a quarter of the budget went first to uniform WxA policies within the budget, the
+    # rest to random's 13 proposals and the model's 2
     with open(run / "evaluations.csv", newline="") as handle:
-        first = list(csv.DictReader(handle))[:5]
-    for row in first:
+        rows = list(csv.DictReader(handle))
+    assert [i for i, row in enumerate(rows) if row["agent"] == "model"] == [10, 15]
+    for row in rows[:5]:
         w_searched, a_searched = row["w_bits"].split()[1:-1], row["a_bits"].split()[1:-1]
         assert len(set(w_searched)) == len(set(a_searched)) == 1 and row["feasible"] == "True"
-    assert projection["proposals"] >= 15 and 0 <= projection["projected"] <= projection["proposals"]
+    assert projection["proposals"] >= 13 and 0 <= projection["projected"] <= projection["proposals"]
     assert "regret" in result.stdout
     assert not (tmp_path / "cache" / "float").exists()  # no float model was trained
 

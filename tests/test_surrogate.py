@@ -3,6 +3,7 @@ schedule, and imagined episodes in both envs (scored by the model, never charged
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from qsearch.agents._sb3 import imagination
 from qsearch.env.quant_env import HaqEnv, ReleqEnv
 from qsearch.env.rewards import HaqReward, ReleqReward
-from qsearch.env.surrogate import AdditiveSurrogate, Imagination
+from qsearch.env.surrogate import AdditiveSurrogate, Imagination, ModelProposals
 from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape, noise_power
 from qsearch.errors import UserError
 from tests.test_agents import _context
@@ -157,3 +158,64 @@ def test_synthetic_noise_base_sets_the_law() -> None:
     assert landscape.true_accuracy(policy) == pytest.approx(expected)
     with pytest.raises(UserError, match="noise_base must be > 1"):
         SyntheticConfig.from_config({"noise_base": 1.0})
+
+
+def _additive_landscape(space) -> SyntheticLandscape:
+    return SyntheticLandscape(space, SyntheticConfig(drop_at_3bit=6.0, landscape_seed=3))
+
+
+def test_model_proposals_follow_the_schedule_and_find_the_optimum(tmp_path: Path) -> None:
+    """On a landscape that obeys the model's law, after ``after`` random evaluations every
+    ``every``-th one is the model's, logged as agent "model", and one of them is the exact
+    optimum under the budget."""
+    space = _space()
+    landscape = _additive_landscape(space)
+    proposals = ModelProposals(space, every=3, after=12)
+    recorder = make_recorder(space, tmp_path, budget=40, evaluator=landscape)
+    recorder.proposer = proposals
+    rng = np.random.default_rng(0)
+    while not recorder.exhausted:
+        recorder.evaluate(space.enforce_budget(_random_policy(space, rng)))
+    with open(tmp_path / "evaluations.csv", newline="") as handle:
+        agents = [row["agent"] for row in csv.DictReader(handle)]
+    model_rows = [i for i, agent in enumerate(agents) if agent == "model"]
+    assert model_rows and model_rows[0] == 12  # the 12th charged evaluation triggers the first
+    assert all(i % 3 == 0 for i in model_rows)  # then every 3rd charged count
+    assert len(agents) == 40 == recorder.used  # proposals are charged, the budget holds
+    optimum_accuracy, optimum = landscape.optimum()
+    assert optimum.key() in recorder.seen
+    assert recorder.best is not None and recorder.best.accuracy == pytest.approx(optimum_accuracy)
+
+
+def test_model_proposals_skip_evaluated_policies_and_need_a_budget(tmp_path: Path) -> None:
+    space = _space()
+    landscape = _additive_landscape(space)
+    recorder = make_recorder(space, tmp_path, budget=100, evaluator=landscape)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        recorder.evaluate(space.enforce_budget(_random_policy(space, rng)))
+    proposals = ModelProposals(space, every=1, after=1)
+    first = proposals(recorder)
+    assert first is not None and first.key() not in recorder.seen and space.feasible(first)
+    recorder.evaluate(first)
+    second = proposals(recorder)
+    assert second is not None and second.key() not in recorder.seen
+    assert ModelProposals(_space(None), every=1, after=1)(recorder) is None  # no budget
+    assert ModelProposals(space, every=0, after=1)(recorder) is None  # off
+    assert ModelProposals(space, every=1, after=1000)(recorder) is None  # too few yet
+
+
+def test_a_proposal_is_not_made_once_the_budget_is_spent(tmp_path: Path) -> None:
+    space = _space()
+    calls = []
+
+    def proposer(recorder):
+        calls.append(recorder.used)
+        return None
+
+    recorder = make_recorder(space, tmp_path, budget=2, evaluator=_additive_landscape(space))
+    recorder.proposer = proposer
+    recorder.evaluate(space.policy([8, 8, 8], [8, 8, 8]))
+    recorder.evaluate(space.policy([4, 4, 4], [4, 4, 4]))
+    recorder.evaluate(space.policy([8, 8, 8], [8, 8, 8]))  # cached: no proposal either
+    assert calls == [1]

@@ -130,6 +130,19 @@ class SizeOrFraction:
 
 
 @dataclass(frozen=True)
+class OneOf:
+    """One of the words ``choices``."""
+
+    choices: tuple[str, ...]
+
+    def error(self, value: Any, cfg: DictConfig) -> str | None:
+        return None if value in self.choices else f"must be {self.describe()}"
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+
+@dataclass(frozen=True)
 class Bits:
     """Bitwidths the composed quantizer supports for ``role`` (``both``: weights and
     activations, as a pinned layer gets); without a quantizer (``qsearch cost``) 1..8.
@@ -222,6 +235,8 @@ RULES: list[tuple[str, Rule]] = [
     ("search.max_episodes", Range(low=1, integer=True, nullable=True)),
     ("search.patience", Range(low=1, integer=True, nullable=True)),
     ("search.uniform_start", UNIT),
+    ("search.model_every", Range(low=0, integer=True)),
+    ("search.model_after", Range(low=0, integer=True)),
     # a uniform policy given as bits (finetune, dynamic, cost)
     ("w_bits", Bits("weight", allow_float=True, nullable=True)),
     ("a_bits", Bits("activation", allow_float=True, nullable=True)),
@@ -268,6 +283,7 @@ RULES: list[tuple[str, Rule]] = [
     # quantizers
     ("quantizer.*.kl_below_bits", COUNT),
     ("quantizer.*.init", Range(low=0, low_open=True, nullable=True)),
+    ("quantizer.*.step_init", OneOf(("lsq", "mse"))),
     # hardware cost models
     ("hardware.lanes", AT_LEAST_ONE),
     ("hardware.bricks", AT_LEAST_ONE),

@@ -18,6 +18,7 @@ from qsearch.config import instantiate_checked, job_config
 from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
 from qsearch.env.rewards import ReleqReward
 from qsearch.env.space import SearchSpace
+from qsearch.env.surrogate import ModelProposals
 from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape
 from qsearch.setup import Setup
 
@@ -87,6 +88,7 @@ def search_landscape(
         budget=int(cfg.budget.evaluations),
         agent=agent.name,
         run_dir=run_dir,
+        proposer=ModelProposals(space, int(cfg.search.model_every), int(cfg.search.model_after)),
     )
     ctx = SearchContext(
         space=space,

@@ -19,6 +19,7 @@ from qsearch.env.evaluator import PolicyEvaluator, RetrainConfig
 from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
 from qsearch.env.rewards import HaqReward, ReleqReward
 from qsearch.env.space import SearchSpace, parse_uniform
+from qsearch.env.surrogate import ModelProposals
 from qsearch.env.synthetic import SyntheticConfig, SyntheticLandscape
 from qsearch.errors import UserError
 from qsearch.quant.layers import QuantizerSpec
@@ -151,6 +152,7 @@ def run(cfg: DictConfig) -> None:
         run_dir=out,
         resume=resume,
         on_evaluation=monitor.update,
+        proposer=ModelProposals(space, int(cfg.search.model_every), int(cfg.search.model_after)),
     )
     ctx = SearchContext(
         space=space,
@@ -215,6 +217,7 @@ def _finish(
         "agent_warning": note,
         "projection": space.projection.summary(space.tensors) | {"warning": projection_note},
     }
+    extras["model_proposals"] = _model_proposals(recorder)
     if isinstance(evaluator, SyntheticLandscape):
         extras["synthetic"] = _synthetic_summary(evaluator, recorder)
     outcome = SearchOutcome(
@@ -270,6 +273,22 @@ def _learning_warnings(agent: Any, recorder: SearchRecorder) -> str | None:
     if note:
         log.warning(note)
     return note
+
+
+def _model_proposals(recorder: SearchRecorder) -> dict[str, Any]:
+    """How many evaluations the accuracy model proposed (``search.model_every``), and
+    whether the best policy is one of them (logged when there were any)."""
+    count = sum(e.by_model for e in recorder.searched())
+    best = recorder.best is not None and recorder.best.by_model
+    if count:
+        log.info(
+            "%d of %d evaluations were the accuracy model's proposals (search.model_every); "
+            "the best policy %s",
+            count,
+            recorder.used,
+            "is one of them" if best else f"came from {recorder.agent}",
+        )
+    return {"evaluations": count, "found_best": best}
 
 
 def _check_best(recorder: SearchRecorder, budget: str, reference_cost: float, out: Path) -> None:

@@ -50,7 +50,7 @@ from qsearch.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-EVALUATOR_VERSION = 2  # raise when a change to this module changes the accuracies it returns
+EVALUATOR_VERSION = 3  # raise when a change to this module changes the accuracies it returns
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -220,7 +220,7 @@ class PolicyEvaluator:
             **(context or {}),
             "retrain": asdict(retrain),
             "seed": seed,
-            "quantizer": spec.name,
+            "quantizer": spec.identity(),
             "float_weights": weights_digest(self.float_model),
             "device": device,
             "bf16": runtime.bf16,

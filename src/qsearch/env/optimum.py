@@ -10,6 +10,7 @@ most 49 (w, a) options each), and scipy's HiGHS MILP solves it exactly in millis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,12 +53,21 @@ class LayerOptions:
         return self.fixed_cost + float(self.cost[np.arange(len(choice)), choice].sum())
 
 
-def solve_mckp(values: np.ndarray, costs: np.ndarray, budget: float) -> list[int]:
+def solve_mckp(
+    values: np.ndarray,
+    costs: np.ndarray,
+    budget: float,
+    exclude: Sequence[Sequence[int]] = (),
+) -> list[int]:
     """The option index per row maximising ``sum values[l, k_l]`` with
     ``sum costs[l, k_l] <= budget``, solved exactly (HiGHS branch and bound, zero gap).
 
+    ``exclude``: choices (one option index per row) that may not be returned, each cut off
+    by a no-good constraint ``sum_l x[l, k_l] <= layers - 1`` (the best choice that differs
+    from all of them in at least one row).
+
     Raises:
-        ValueError: no choice fits the budget.
+        ValueError: no choice fits the budget (or every fitting one is excluded).
     """
     values, costs = np.asarray(values, np.float64), np.asarray(costs, np.float64)
     layers, choices = values.shape
@@ -69,6 +79,11 @@ def solve_mckp(values: np.ndarray, costs: np.ndarray, budget: float) -> list[int
         LinearConstraint(one_per_layer, 1, 1),
         LinearConstraint((costs / scale).reshape(1, -1), -np.inf, budget / scale * (1 + 1e-9)),
     ]
+    if exclude:
+        cuts = np.zeros((len(exclude), layers * choices))
+        for row, choice in enumerate(exclude):
+            cuts[row, np.arange(layers) * choices + np.asarray(choice)] = 1.0
+        constraints.append(LinearConstraint(cuts, -np.inf, layers - 1))
     result = milp(
         -values.reshape(-1),
         constraints=constraints,

@@ -46,6 +46,7 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
     diverged: bool = False  # its retraining diverged: accuracy is chance
     samples: int = 0  # validation samples the accuracy was measured on (0: not a sample)
+    by_model: bool = False  # proposed by the recorder's proposer, not the agent
 
     @property
     def standard_error(self) -> float | None:
@@ -78,6 +79,9 @@ class Objective:
 
 
 EvaluationHook = Callable[["Evaluation", "SearchRecorder"], None]
+# After each charged evaluation: a policy to evaluate next on the search's behalf, or None.
+Proposer = Callable[["SearchRecorder"], Policy | None]
+PROPOSER_AGENT = "model"  # the agent column of a proposer's evaluations
 
 # Columns of evaluations.csv (then the cost metrics, then _TAIL_FIELDS) and episodes.csv.
 _TAIL_FIELDS = ["diverged", "val_samples", "accuracy_se"]  # added later: at the end
@@ -111,10 +115,12 @@ class SearchRecorder:
         run_dir: Path,
         resume: bool = False,
         on_evaluation: EvaluationHook | None = None,
+        proposer: Proposer | None = None,
     ) -> None:
         self.space, self.evaluator, self.objective = space, evaluator, objective
         self.budget, self.agent, self.run_dir = budget, agent, run_dir
-        self.on_evaluation = on_evaluation
+        self.on_evaluation, self.proposer = on_evaluation, proposer
+        self._proposing = False
         self.seen: dict[str, Evaluation] = {}
         self.episodes: list[dict[str, Any]] = []
         self.best: Evaluation | None = None
@@ -178,6 +184,7 @@ class SearchRecorder:
             metrics=self.space.cost.metrics(policy),
             diverged=result.diverged,
             samples=result.samples,
+            by_model=self._proposing,
         )
         self.seen[key] = evaluation
         if not reference:
@@ -187,7 +194,7 @@ class SearchRecorder:
             [
                 evaluation.index,
                 evaluation.episode,
-                self.agent,
+                PROPOSER_AGENT if evaluation.by_model else self.agent,
                 " ".join(map(str, w_bits)),
                 " ".join(map(str, a_bits)),
                 repr(evaluation.accuracy),  # exact: a resumed search ranks as before
@@ -205,7 +212,22 @@ class SearchRecorder:
         )
         if self.on_evaluation is not None:
             self.on_evaluation(evaluation, self)
+        if not reference:
+            self._propose()
         return evaluation
+
+    def _propose(self) -> None:
+        """Evaluate the ``proposer``'s policy, if it has one now (it is charged, but
+        proposes nothing about its own evaluations)."""
+        if self.proposer is None or self._proposing or self.exhausted:
+            return
+        self._proposing = True
+        try:
+            policy = self.proposer(self)
+            if policy is not None:
+                self.evaluate(policy)
+        finally:
+            self._proposing = False
 
     def _charge(self, evaluation: Evaluation) -> None:
         """Count a new searched evaluation against the budget; keep the best."""
@@ -286,6 +308,7 @@ class SearchRecorder:
                             reference=row["reference"] == "True",
                             diverged=row.get("diverged") == "True",
                             samples=int(row.get("val_samples") or 0),
+                            by_model=row["agent"] == PROPOSER_AGENT,
                         )
                     except (AttributeError, KeyError, TypeError, ValueError):
                         continue  # a line torn by the crash

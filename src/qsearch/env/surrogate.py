@@ -21,18 +21,32 @@ model's prediction instead of an evaluation. Measured in docs/benchmarks.md (age
 shares, but not HAQ, whose actor saturates at the highest bits either way; ReLeQ rewarded per
 layer by the model's Lagrangian (``accuracy - multiplier x cost / budget``, the multiplier
 by dual ascent) was tried and did no better.
+
+Model proposals (``search.model_every``, :class:`ModelProposals`): once ``search.model_after``
+policies are evaluated, every ``model_every``-th evaluation of any agent's search goes to the
+policy the freshly fitted model ranks most accurate within the cost budget among those not
+evaluated yet: an exact multiple-choice knapsack over the model's per-layer losses (the
+HAWQ-V3 integer program, Yao et al., ICML 2021, with sensitivities fitted to evaluations
+instead of Hessian traces). The agent's own proposals are untouched; the search returns the
+best of both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import nnls
 
+from qsearch.env.optimum import LayerOptions, solve_mckp
 from qsearch.env.space import SearchSpace
 from qsearch.env.synthetic import noise_power
 from qsearch.quant.policy import Policy
+
+if TYPE_CHECKING:
+    from qsearch.env.recorder import SearchRecorder
 
 
 @dataclass
@@ -128,3 +142,58 @@ class Imagination:
 
     def predict(self, policy: Policy) -> float:
         return self.surrogate.predict(policy)
+
+
+@dataclass
+class ModelProposals:
+    """Which policy, if any, the additive model adds to a search after each charged
+    evaluation (the recorder's ``proposer``; the module docstring has the method).
+
+    ``every``: a proposal when the count of charged evaluations is a multiple of it (so
+    ``1 / every`` of the budget goes to the model; 0: never); ``after``: none before this
+    many evaluations; ``max_cuts``: how many already evaluated model optima one round may
+    cut off before giving up (cuts are kept for later rounds: an evaluated policy stays
+    evaluated). Nothing without a cost budget (the model ranks accuracy
+    at a fixed cost, not the accuracy-cost trade-off of ReLeQ's objective). Its only state
+    is the recorder's and these cuts, which a resumed search finds again, so it proposes
+    as the interrupted one would have.
+    """
+
+    space: SearchSpace
+    every: int
+    after: int = 20
+    max_cuts: int = 50
+    cuts: list[list[int]] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.table = LayerOptions.of(self.space) if self.space.budget is not None else None
+
+    def __call__(self, recorder: SearchRecorder) -> Policy | None:
+        used = recorder.used
+        if self.table is None or self.every <= 0 or used < self.after or used % self.every:
+            return None
+        surrogate = AdditiveSurrogate(self.space)
+        for evaluation in recorder.searched():
+            surrogate.add(recorder.policy_of(evaluation), evaluation.accuracy)
+        surrogate.fit()
+        return self.best_unseen(surrogate, recorder.seen)
+
+    def best_unseen(self, surrogate: AdditiveSurrogate, seen: Collection[str]) -> Policy | None:
+        """The model's most accurate policy within the budget whose key is not in ``seen``."""
+        assert self.table is not None and self.space.budget is not None
+        options = self.table.options
+        w = noise_power(np.array([o[0] for o in options]))
+        a = noise_power(np.array([o[1] for o in options]))
+        values = -(np.outer(surrogate.alpha, w) + np.outer(surrogate.beta, a))
+        budget = self.space.budget - self.table.fixed_cost
+        for _ in range(self.max_cuts + 1):
+            try:
+                choice = solve_mckp(values, self.table.cost, budget, self.cuts)
+            except ValueError:
+                return None  # every policy within the budget is cut off
+            picked = [options[k] for k in choice]
+            policy = self.space.policy([p[0] for p in picked], [p[1] for p in picked])
+            if policy.key() not in seen:
+                return policy
+            self.cuts.append(choice)
+        return None

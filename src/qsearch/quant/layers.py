@@ -6,6 +6,7 @@ code that looks for convs keep working) and share the float layer's parameters.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -64,9 +65,26 @@ class QuantizerSpec:
             activation=instantiate_checked(cfg.activation),
         )
 
+    def identity(self) -> dict[str, Any]:
+        """What sets the quantizer's numbers: its name and each role's class and settings
+        (for cache keys: ``name`` alone misses e.g. ``activation.step_init``)."""
+        return {
+            "name": self.name,
+            "weight": _factory_settings(self.weight),
+            "activation": _factory_settings(self.activation),
+        }
+
     def make(self, role: Role, bits: int, channels: int = 1) -> Quantizer:
         factory = self.weight if role == "weight" else self.activation
         return factory(bits=bits, role=role, channels=channels)
+
+
+def _factory_settings(factory: QuantizerFactory) -> dict[str, Any] | str:
+    """``{"class": ..., **keywords}`` of a ``functools.partial`` factory, else its repr."""
+    if isinstance(factory, functools.partial):
+        func = factory.func
+        return {"class": f"{func.__module__}.{func.__qualname__}", **factory.keywords}
+    return repr(factory)
 
 
 def empty_twin(layer: nn.Module, conv_cls: type[nn.Conv2d], linear_cls: type[nn.Linear]) -> Any:

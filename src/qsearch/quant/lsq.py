@@ -5,6 +5,15 @@ gradient w.r.t. ``s`` is (eq. 3 of the paper) ``-v/s + round(v/s)`` inside the r
 below and ``Qp`` above, scaled by ``g = 1 / sqrt(N * Qp)`` (section 2.2; ``N`` = weights of
 the layer, or features per sample for activations). Autograd produces exactly these
 gradients from ``round_ste(clamp(v / s)) * s`` with the gradient-scaled ``s``.
+
+Initial step: the paper's ``2 <|v|> / sqrt(Qp)`` (``step_init="lsq"``), or
+(``step_init="mse"``, the default for activations in conf/quantizer/lsq.yaml) the multiple
+of it that minimizes the quantization MSE of the calibration batch, as LSQ+ (Bhalgat et al.,
+2020, sec. 2.3) starts its steps. Post-ReLU activations are sparse, so their mean is small
+and the paper's step clips most of their range at 2-3 bits: ResNet-20/CIFAR-10 at W8A3,
+calibrated and not yet trained, scores 40.3 % test accuracy with it and 84.0 % with the MSE
+step (float 87.1 %; docs/benchmarks.md). Weights keep the paper's step: the MSE one clips
+the outliers that matter (W3A8: 75.7 % -> 51.2 %).
 """
 
 from __future__ import annotations
@@ -15,10 +24,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from qsearch.quant._clip import subsample
 from qsearch.quant.base import Quantizer, Role, UniformGrid, grad_scale
 from qsearch.quant.kernels import uniform_fake_quant
 
 STEP_EPS = 1e-8
+INITS = ("lsq", "mse")
+MSE_FACTORS = torch.linspace(0.2, 3.0, 57)  # candidate steps, in units of the paper's step
 
 
 class LsqQuantizer(Quantizer):
@@ -28,6 +40,7 @@ class LsqQuantizer(Quantizer):
         per_channel: one step per output channel (weights only).
         eps: the step is kept >= ``eps``: a projection before every use, because negative or
             zero steps are a known failure of public LSQ implementations.
+        step_init: ``"lsq"`` (the paper's initial step) or ``"mse"`` (see the module docstring).
     """
 
     name = "lsq"
@@ -43,10 +56,14 @@ class LsqQuantizer(Quantizer):
         channels: int = 1,
         per_channel: bool = False,
         eps: float = STEP_EPS,
+        step_init: str = "lsq",
     ) -> None:
         super().__init__(bits, role, signed, channels)
+        if step_init not in INITS:
+            raise ValueError(f"LSQ step_init must be one of {', '.join(INITS)}, got {step_init!r}")
         self.per_channel = per_channel and role == "weight"
         self.eps = eps
+        self.step_init = step_init
         self.step = nn.Parameter(torch.ones(self.channels if self.per_channel else 1))
 
     @classmethod
@@ -61,10 +78,23 @@ class LsqQuantizer(Quantizer):
         return self.step.view(-1, *([1] * (x.dim() - 1))) if self.per_channel else self.step
 
     def initialize(self, x: Tensor) -> None:
-        """``s = 2 * mean(|v|) / sqrt(Qp)`` (LSQ section 2.1), per channel if enabled."""
+        """``s = 2 * mean(|v|) / sqrt(Qp)`` (LSQ section 2.1), per channel if enabled; with
+        ``step_init="mse"`` then its multiple in ``MSE_FACTORS`` of least quantization MSE."""
         qp = max(self.qrange()[1], 1)  # signed 1-bit activations: Qp = 0, grid {-s, 0}
         mean_abs = x.abs().flatten(1).mean(1) if self.per_channel else x.abs().mean().reshape(1)
-        self.step.data.copy_((2 * mean_abs / math.sqrt(qp)).clamp_min(self.eps))
+        step = (2 * mean_abs / math.sqrt(qp)).clamp_min(self.eps)
+        self.step.data.copy_(self._mse_step(x, step) if self.step_init == "mse" else step)
+
+    def _mse_step(self, x: Tensor, step: Tensor) -> Tensor:
+        """Per step (channel): the candidate ``f * step`` minimizing ``mean((Q(v) - v)^2)``."""
+        qn, qp = self.qrange()
+        values = x.flatten(1) if self.per_channel else subsample(x).reshape(1, -1)
+        factors = MSE_FACTORS.to(x.device).view(-1, 1, 1)
+        candidates = (factors * step.view(1, -1, 1)).clamp_min(self.eps)  # (K, C, 1)
+        quantized = torch.round(values / candidates).clamp(-qn, qp) * candidates
+        errors = (quantized - values).pow(2).mean(-1)  # (K, C)
+        best = errors.argmin(0)
+        return candidates[best, torch.arange(len(best), device=x.device), 0]
 
     def _elements_per_step(self, x: Tensor) -> int:
         if self.role == "activation":
