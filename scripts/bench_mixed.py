@@ -4,6 +4,8 @@ of at most the same cost, after the same fine-tune?
     python scripts/bench_mixed.py --pairs lenet5-mnist --plan cpu          # ~1 h on 2 cores
     python scripts/bench_mixed.py --pairs resnet20-cifar10 --finetune-epochs 3 --plan cpu
     python scripts/bench_mixed.py                                          # everything (GPU)
+    python scripts/bench_mixed.py --pairs resnet20-cifar10 --budgets W3A3 --finetune-epochs 3 \
+        --uniform-only                                  # only the uniform yardstick (~1 h)
 
 Per pair (``conf/experiment/mp_<pair>.yaml``: W and A searched in 2..8 bits, first and last
 layer at 8) and budget (``budget.uniform``: the cost of uniform W3A3, of uniform W2A3, in the
@@ -336,6 +338,9 @@ def main() -> None:
     parser.add_argument(
         "--search", nargs="*", default=[], help="extra qsearch search overrides for every run"
     )
+    parser.add_argument(
+        "--uniform-only", action="store_true", help="only the fine-tuned uniform yardstick"
+    )
     args = parser.parse_args()
     finetune = (f"finetune.epochs={args.finetune_epochs}",) if args.finetune_epochs else ()
     for pair in args.pairs:
@@ -348,7 +353,8 @@ def main() -> None:
                 finetune,
                 tuple(args.search),
             )
-            run_setting(setting, list(args.agents), args.seeds, args.plan)
+            agents = [] if args.uniform_only else list(args.agents)
+            run_setting(setting, agents, args.seeds, args.plan)
     all_rows, uniforms = read_json_file(RESULTS, []), load_uniform()
     figure(all_rows, uniforms)
     update_doc_section("mixed", summarise(all_rows, uniforms))

@@ -365,7 +365,10 @@ def main() -> int:
 
     for name in CASES:
         if args.only in name:
-            record(name, finetune_case(name, args.resnet_epochs, args.seed))
+            # a ResNet schedule other than the default is a row of its own
+            shortened = args.resnet_epochs is not None and name.startswith("resnet")
+            key = f"{name}-{args.resnet_epochs}ep" if shortened else name
+            record(key, finetune_case(name, args.resnet_epochs, args.seed) | {"case": key})
     for model_name, dataset in OVERHEAD:
         for precision in ("fp32", "bf16"):
             for compiled in (False, True):

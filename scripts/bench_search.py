@@ -181,7 +181,7 @@ def compare_benchmark(
         accuracy = [
             s["best"]["val_accuracy"] if s["best"]["feasible"] else float("nan") for s in summaries
         ]
-        retrained = sum(s["evaluator"]["retrained"] or 0 for s in summaries)
+        retrained = sum(s["evaluator"]["computed"] or 0 for s in summaries)
         hits = sum(s["evaluator"]["cache_hits"] or 0 for s in summaries)
         row = {
             "agent": agent,

@@ -3,6 +3,7 @@ option costs (``LayerOptions.of``) against BitOPs worked out by hand for lenet5.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsearch.env.optimum import LayerOptions, solve_mckp
+from qsearch.env.optimum import LayerOptions, _native_stdout_discarded, solve_mckp
 from tests.test_search_env import INVENTORY, make_space
 
 LENET_MACS = [117600, 240000, 48000, 10080, 840]  # conv1, conv2, fc1, fc2, fc3
@@ -107,3 +108,18 @@ def test_solve_mckp_with_everything_excluded_raises() -> None:
     assert solve_mckp(values, costs, 2.0) == [0]
     with pytest.raises(ValueError, match="solver failed"):
         solve_mckp(values, costs, 2.0, exclude=[[0]])  # the only fitting choice is cut
+
+
+def test_native_stdout_is_discarded_only_while_solving(capfd: pytest.CaptureFixture[str]) -> None:
+    """HiGHS's stray C++ print is dropped at the file descriptor; Python output around it
+    and native output after it still come through."""
+    libc = ctypes.CDLL(None)
+    print("before", flush=True)
+    with _native_stdout_discarded():
+        libc.printf(b"HighsMipSolverData::transformNewIntegerFeasibleSolution\n")
+    libc.printf(b"native after\n")
+    libc.fflush(None)
+    print("after", flush=True)
+    out = capfd.readouterr().out
+    assert "HighsMipSolverData" not in out
+    assert out.split() == ["before", "native", "after", "after"]

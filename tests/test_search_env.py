@@ -425,3 +425,17 @@ def test_mixed_benchmark_yardstick_on_resnet20(budget: str, pairs: set[tuple[int
     space = build_space(setup.cfg, setup.inventory)
     assert len(space.searchable) == len(setup.inventory) - 2 and space.search_activations
     assert set(space.uniform_within_budget()) == pairs
+
+
+@pytest.mark.parametrize("experiment", ["mp_lenet5_mnist", "mp_resnet20_cifar10"])
+def test_mixed_experiments_set_retraining_steps_only_for_the_retrain_evaluator(
+    experiment: str,
+) -> None:
+    """The experiments' 200 retraining steps reach evaluator=retrain, and evaluator=supernet
+    composes without a ``steps`` key it would silently ignore."""
+    from qsearch.config import job_config
+
+    retrain = job_config("search", [f"experiment={experiment}"])
+    assert retrain.evaluator.name == "retrain" and retrain.evaluator.steps == 200
+    supernet = job_config("search", [f"experiment={experiment}", "evaluator=supernet"])
+    assert "steps" not in supernet.evaluator

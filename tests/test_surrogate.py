@@ -219,3 +219,17 @@ def test_a_proposal_is_not_made_once_the_budget_is_spent(tmp_path: Path) -> None
     recorder.evaluate(space.policy([4, 4, 4], [4, 4, 4]))
     recorder.evaluate(space.policy([8, 8, 8], [8, 8, 8]))  # cached: no proposal either
     assert calls == [1]
+
+
+def test_a_resumed_search_knows_which_evaluations_the_model_proposed(tmp_path: Path) -> None:
+    space = _space()
+    landscape = _additive_landscape(space)
+    recorder = make_recorder(space, tmp_path, budget=20, evaluator=landscape)
+    recorder.proposer = ModelProposals(space, every=2, after=6)
+    rng = np.random.default_rng(2)
+    while not recorder.exhausted:
+        recorder.evaluate(space.enforce_budget(_random_policy(space, rng)))
+    flags = [e.by_model for e in recorder.searched()]
+    assert any(flags) and not all(flags)
+    resumed = make_recorder(space, tmp_path, budget=20, evaluator=landscape, resume=True)
+    assert [e.by_model for e in resumed.searched()] == flags

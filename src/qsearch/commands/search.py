@@ -428,7 +428,7 @@ def _summary(outcome: SearchOutcome, dominating: list[str]) -> dict[str, Any]:
         "metric": outcome.space.cost.metric,
         "budget_cost": outcome.space.budget,
         "evaluator": {
-            "retrained": getattr(recorder.evaluator, "misses", None),
+            "computed": getattr(recorder.evaluator, "misses", None),  # not from the cache
             "cache_hits": getattr(recorder.evaluator, "hits", None),
             "seconds": getattr(recorder.evaluator, "seconds", None),
         },

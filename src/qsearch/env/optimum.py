@@ -10,7 +10,11 @@ most 49 (w, a) options each), and scipy's HiGHS MILP solves it exactly in millis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import ctypes
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,13 +88,40 @@ def solve_mckp(
         for row, choice in enumerate(exclude):
             cuts[row, np.arange(layers) * choices + np.asarray(choice)] = 1.0
         constraints.append(LinearConstraint(cuts, -np.inf, layers - 1))
-    result = milp(
-        -values.reshape(-1),
-        constraints=constraints,
-        integrality=np.ones(values.size),
-        bounds=Bounds(0, 1),
-        options={"mip_rel_gap": 0.0},
-    )
+    with _native_stdout_discarded():
+        result = milp(
+            -values.reshape(-1),
+            constraints=constraints,
+            integrality=np.ones(values.size),
+            bounds=Bounds(0, 1),
+            options={"mip_rel_gap": 0.0},
+        )
     if result.x is None:
         raise ValueError(f"the knapsack solver failed: {result.message}")
     return [int(k) for k in result.x.reshape(layers, choices).argmax(axis=1)]
+
+
+@contextlib.contextmanager
+def _native_stdout_discarded() -> Iterator[None]:
+    """Discard what native code writes to file descriptor 1 meanwhile. The HiGHS
+    bundled with scipy prints a stray debug line on some solves ("HighsMipSolverData::
+    transformNewIntegerFeasibleSolution tmpSolver.run();", ERGO-Code/HiGHS#2783) straight
+    from C++, where ``contextlib.redirect_stdout`` cannot reach it."""
+    fd = 1  # C's stdout, whatever Python's sys.stdout is now
+    try:
+        libc_fflush = ctypes.CDLL(None).fflush
+        saved = os.dup(fd)
+    except (AttributeError, OSError):  # no libc to flush, or no stdout at all: let it be
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            try:
+                yield
+            finally:
+                libc_fflush(None)  # C's buffered output goes to /dev/null, not later to fd
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)

@@ -153,10 +153,11 @@ class ModelProposals:
     ``1 / every`` of the budget goes to the model; 0: never); ``after``: none before this
     many evaluations; ``max_cuts``: how many already evaluated model optima one round may
     cut off before giving up (cuts are kept for later rounds: an evaluated policy stays
-    evaluated). Nothing without a cost budget (the model ranks accuracy
-    at a fixed cost, not the accuracy-cost trade-off of ReLeQ's objective). Its only state
-    is the recorder's and these cuts, which a resumed search finds again, so it proposes
-    as the interrupted one would have.
+    evaluated). Nothing without a cost budget (the model ranks accuracy at a fixed cost,
+    not the accuracy-cost trade-off of ReLeQ's objective). The fit leaves out evaluations
+    whose retraining diverged (chance accuracy says nothing about the bits). Its only state
+    is the recorder's and these cuts, which a resumed search finds again, so it proposes as
+    the interrupted one would have.
     """
 
     space: SearchSpace
@@ -174,7 +175,8 @@ class ModelProposals:
             return None
         surrogate = AdditiveSurrogate(self.space)
         for evaluation in recorder.searched():
-            surrogate.add(recorder.policy_of(evaluation), evaluation.accuracy)
+            if not evaluation.diverged:
+                surrogate.add(recorder.policy_of(evaluation), evaluation.accuracy)
         surrogate.fit()
         return self.best_unseen(surrogate, recorder.seen)
 
