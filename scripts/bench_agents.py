@@ -193,7 +193,8 @@ def labels(rows: list[dict[str, Any]]) -> list[str]:
 
 def verdict(subset: list[dict[str, Any]], ref: dict[str, Any]) -> str:
     """One sentence: the agents ranked by median regret at the largest budget up to 200
-    evaluations, each against random search and the best uniform policy."""
+    evaluations, each against random search (with the same variant, when run) and the best
+    uniform policy."""
     budget = max(b for b in {r["evaluations"] for r in subset} if b <= 200)
     medians = {
         agent: _median(
@@ -202,12 +203,17 @@ def verdict(subset: list[dict[str, Any]], ref: dict[str, Any]) -> str:
         for agent in labels(subset)
     }
     ranked = sorted((m, a) for a, m in medians.items() if m is not None)
-    random = medians.get("random")
     parts = []
     for median, agent in ranked:
         notes = []
-        if random is not None and agent != "random":
-            notes.append("beats random" if median < random else "does not beat random")
+        # a variant's baseline is random search with the same variant, when it was run
+        variant = agent[len(agent.split("+")[0]) :]  # "" or "+model5"
+        base = f"random{variant}" if f"random{variant}" in medians else "random"
+        if agent == base and variant:
+            base = "random"
+        baseline = medians.get(base)
+        if baseline is not None and agent != base:
+            notes.append(f"beats {base}" if median < baseline else f"does not beat {base}")
         notes.append(
             "beats best uniform"
             if median < ref["best_uniform_regret"]
@@ -295,8 +301,14 @@ def figure(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> None:
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.2 * len(panels) + 1.5, 3.6), squeeze=False, layout="constrained"
     )
+    bases = list(dict.fromkeys(label.split("+")[0] for label in labels(rows)))
+    variants = sorted({label[len(label.split("+")[0]) :] for label in labels(rows)} - {""})
+    dashes = ["--", ":", "-."]
     for ax, (landscape, noise) in zip(axes[0], panels, strict=True):
-        for colour, agent in enumerate(labels(rows)):  # one colour per agent in every panel
+        for agent in labels(rows):  # a colour per agent, a line style per variant
+            base, variant = agent.split("+")[0], agent[len(agent.split("+")[0]) :]
+            colour = f"C{bases.index(base)}"
+            style = dashes[variants.index(variant) % len(dashes)] if variant else "-"
             subset = [
                 r
                 for r in rows
@@ -314,12 +326,10 @@ def figure(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> None:
                     for b in budgets
                 ]
             )
-            ax.plot(budgets, quartiles[:, 1], marker="o", label=agent, color=f"C{colour}")
-            ax.fill_between(
-                budgets, quartiles[:, 0], quartiles[:, 2], alpha=0.15, color=f"C{colour}"
-            )
+            ax.plot(budgets, quartiles[:, 1], marker="o", ls=style, label=agent, color=colour)
+            ax.fill_between(budgets, quartiles[:, 0], quartiles[:, 2], alpha=0.12, color=colour)
         ax.axhline(
-            refs[landscape]["best_uniform_regret"], color="grey", ls="--", label="best uniform"
+            refs[landscape]["best_uniform_regret"], color="black", lw=0.8, label="best uniform"
         )
         ax.set_xscale("log")
         ax.set_xticks(EVALUATIONS, [str(b) for b in EVALUATIONS])

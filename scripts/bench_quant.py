@@ -112,6 +112,8 @@ def finetune_case(name: str, resnet_epochs: int | None, seed: int) -> dict:
         "meets_target": None if target is None else loss <= target,
         "seconds": round(time.perf_counter() - start, 1),
         "bf16": runtime.bf16,
+        "distill": float(cfg.finetune.distill.alpha),
+        "step_init": str(cfg.quantizer.activation.get("step_init", "lsq")),
     }
 
 
@@ -241,6 +243,12 @@ def brevitas_row() -> dict:
     }
 
 
+def _recipe(row: dict) -> str:
+    """Distillation weight and LSQ's initial activation step of a fine-tune row (rows made
+    before either was recorded: no distillation, the paper's step)."""
+    return f"KD {row.get('distill', 0.0):g}, act. step {row.get('step_init', 'lsq')}"
+
+
 def report(rows: dict[str, dict]) -> str:
     accuracy = [r for r in rows.values() if "after_test" in r]
     table = [
@@ -253,6 +261,7 @@ def report(rows: dict[str, dict]) -> str:
             f"{r['before_test']:.2f}",
             f"{r['after_test']:.2f}",
             f"{r['loss']:+.2f}",
+            _recipe(r),
             ""
             if r["target_loss"] is None
             else f"<= {r['target_loss']} ({'yes' if r['meets_target'] else '**no**'})",
@@ -275,6 +284,7 @@ def report(rows: dict[str, dict]) -> str:
                 "quantized, before",
                 "after",
                 "loss",
+                "recipe",
                 "target",
                 "time",
             ],
