@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from qsearch.commands.search import build_space
+from qsearch.data import Augment
 from qsearch.errors import UserError
 from qsearch.quant.layers import quant_layers, set_policy_bits
 from qsearch.setup import Setup
+from qsearch.supernet.evaluator import Scoring, SupernetEvaluator
 from qsearch.supernet.model import (
     SwitchableQuantizer,
     build_supernet,
@@ -169,3 +171,21 @@ def test_cli_train_then_search_and_the_errors_around_it(tmp_path: Path) -> None:
     [float_file] = tmp_path.glob("cache/float/*/model.pt")
     wrong = run_qsearch(*tune, f"finetune.init={float_file}", cwd=tmp_path)
     assert wrong.returncode == 2 and "is not a qsearch supernet" in wrong.stderr
+
+
+def test_scoring_re_estimates_batch_norm_on_batches_augmented_as_in_training(parts) -> None:
+    """The weights were trained under augmented batch statistics: the scoring batches are
+    augmented the same way (same seed: the same images, cropped and flipped)."""
+    setup, _, model, _ = parts
+
+    def first_bn_batch(augment: Augment | None) -> torch.Tensor:
+        scoring = Scoring(bn_batches=2, val_subset=None, seed=0, augment=augment)
+        evaluator = SupernetEvaluator(
+            model, setup.float_model, setup.data, setup.runtime, scoring, cache=None
+        )
+        return next(iter(evaluator.bn_loader))[0]
+
+    plain = first_bn_batch(None)
+    assert torch.equal(plain, first_bn_batch(Augment()))  # no augmentation: same batch
+    augmented = first_bn_batch(Augment(crop_padding=2, hflip=True))
+    assert augmented.shape == plain.shape and not torch.equal(augmented, plain)

@@ -280,13 +280,19 @@ def _model_proposals(recorder: SearchRecorder) -> dict[str, Any]:
     whether the best policy is one of them (logged when there were any)."""
     count = sum(e.by_model for e in recorder.searched())
     best = recorder.best is not None and recorder.best.by_model
-    if count:
+    if count and recorder.best is not None:
+        w, a = recorder.space.searched_bits(recorder.policy_of(recorder.best))
+        uniform = len(set(w)) == len(set(a)) == 1
         log.info(
             "%d of %d evaluations were the accuracy model's proposals (search.model_every); "
             "the best policy %s",
             count,
             recorder.used,
-            "is one of them" if best else f"came from {recorder.agent}",
+            "is one of them"
+            if best
+            else f"is uniform W{w[0]}A{a[0]}"
+            if uniform
+            else f"came from {recorder.agent}",
         )
     return {"evaluations": count, "found_best": best}
 
