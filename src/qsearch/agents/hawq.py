@@ -299,8 +299,7 @@ class HawqAgent:
         for choice in self.candidates(space, table, sens_w, sens_a, ctx.recorder.budget):
             if ctx.done():
                 return
-            picked = [table.options[k] for k in choice]
-            policy = space.policy([w for w, _ in picked], [a for _, a in picked])
+            policy = table.policy(space, choice)
             if policy.key() in ctx.recorder.seen:  # evaluated before a resume
                 continue
             try:

@@ -14,13 +14,14 @@ import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from qsearch.env.space import SearchSpace
+from qsearch.quant.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,20 @@ class LayerOptions:
 
     def policy_cost(self, choice: list[int]) -> float:
         return self.fixed_cost + float(self.cost[np.arange(len(choice)), choice].sum())
+
+    def policy(self, space: SearchSpace, choice: Sequence[int]) -> Policy:
+        """``space``'s policy with searched layer ``l`` at ``options[choice[l]]``."""
+        picked = [self.options[k] for k in choice]
+        return space.policy([w for w, _ in picked], [a for _, a in picked])
+
+    def additive_values(
+        self, s: np.ndarray, r: np.ndarray, q: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """Knapsack values ``-(s_l q(w_k) + r_l q(a_k))`` of an additive accuracy loss, per
+        searched layer ``l`` and option ``k = (w_k, a_k)``."""
+        w = np.array([option[0] for option in self.options])
+        a = np.array([option[1] for option in self.options])
+        return -(np.outer(s, q(w)) + np.outer(r, q(a)))
 
 
 def solve_mckp(

@@ -165,13 +165,15 @@ class ModelProposals:
     after: int = 20
     max_cuts: int = 50
     cuts: list[list[int]] = field(default_factory=list, init=False)
+    table: LayerOptions | None = field(default=None, init=False)  # None: proposals off
 
     def __post_init__(self) -> None:
-        self.table = LayerOptions.of(self.space) if self.space.budget is not None else None
+        if self.every > 0 and self.space.budget is not None:
+            self.table = LayerOptions.of(self.space)
 
     def __call__(self, recorder: SearchRecorder) -> Policy | None:
         used = recorder.used
-        if self.table is None or self.every <= 0 or used < self.after or used % self.every:
+        if self.table is None or used < self.after or used % self.every:
             return None
         surrogate = AdditiveSurrogate(self.space)
         for evaluation in recorder.searched():
@@ -183,18 +185,14 @@ class ModelProposals:
     def best_unseen(self, surrogate: AdditiveSurrogate, seen: Collection[str]) -> Policy | None:
         """The model's most accurate policy within the budget whose key is not in ``seen``."""
         assert self.table is not None and self.space.budget is not None
-        options = self.table.options
-        w = noise_power(np.array([o[0] for o in options]))
-        a = noise_power(np.array([o[1] for o in options]))
-        values = -(np.outer(surrogate.alpha, w) + np.outer(surrogate.beta, a))
+        values = self.table.additive_values(surrogate.alpha, surrogate.beta, noise_power)
         budget = self.space.budget - self.table.fixed_cost
         for _ in range(self.max_cuts + 1):
             try:
                 choice = solve_mckp(values, self.table.cost, budget, self.cuts)
             except ValueError:
                 return None  # every policy within the budget is cut off
-            picked = [options[k] for k in choice]
-            policy = self.space.policy([p[0] for p in picked], [p[1] for p in picked])
+            policy = self.table.policy(self.space, choice)
             if policy.key() not in seen:
                 return policy
             self.cuts.append(choice)

@@ -157,12 +157,9 @@ class SyntheticLandscape:
                     "budget.cost_fraction (e.g. 0.15 of uniform 8-bit) or budget.uniform=W3A3"
                 )
             table = LayerOptions.of(self.space)
-            w = np.array([o[0] for o in table.options])
-            a = np.array([o[1] for o in table.options])
-            values = -(np.outer(self.s, self.q(w)) + np.outer(self.r, self.q(a)))
+            values = table.additive_values(self.s, self.r, self.q)
             choice = solve_mckp(values, table.cost, self.space.budget - table.fixed_cost)
-            picked = [table.options[k] for k in choice]
-            policy = self.space.policy([p[0] for p in picked], [p[1] for p in picked])
+            policy = table.policy(self.space, choice)
             self._optimum = (self.true_accuracy(policy), policy)
         return self._optimum
 
