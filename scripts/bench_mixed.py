@@ -79,6 +79,19 @@ class Setting:
     def overrides(self) -> list[str]:
         return [f"experiment={PAIRS[self.pair]}", f"budget.uniform={self.budget}"]
 
+    @property
+    def evaluator(self) -> str:
+        """The searches' evaluator (``--search evaluator=...``; the experiment's default:
+        retrain)."""
+        chosen = [o.split("=", 1)[1] for o in self.search if o.startswith("evaluator=")]
+        return chosen[-1] if chosen else "retrain"
+
+
+def run_dir(pair: str, budget: str, agent: str, seed: int, evaluator: str) -> Path:
+    """Where the search of one row runs (the default evaluator keeps the plain name)."""
+    suffix = "" if evaluator == "retrain" else f"-{evaluator}"
+    return WORK / pair / budget / f"{agent}-s{seed}{suffix}"
+
 
 def space_of(setting: Setting) -> Any:
     """The composed search space (budget set) of ``setting``; no data is read."""
@@ -101,7 +114,9 @@ def finetuned(policy: Any, setting: Setting, cache: dict[str, Any]) -> dict[str,
         if len(epochs) == len(setting.finetune):  # nothing but the epochs: bench_proxy's kind
             proxy_key = finetune_key(pair, policy.key(), epochs[0] if epochs else None)
             known = read_json_file(PROXY_TRUTH, {}).get(proxy_key)
-        cache[key] = known or finetune_policy(policy, list(setting.finetune))
+        result = known or finetune_policy(policy, list(setting.finetune))
+        cache.update(read_json_file(FINETUNES, {}))  # another bench_mixed may have added some
+        cache[key] = result
         write_json_file(FINETUNES, cache)
     return cache[key]
 
@@ -123,7 +138,7 @@ def uniform_yardstick(setting: Setting, cache: dict[str, Any]) -> list[dict[str,
 def search(setting: Setting, agent: str, seed: int) -> Path | None:
     """Run (or resume, or reuse) ``qsearch search`` for ``agent`` and ``seed``; its run dir,
     or None when the search failed (its log in the run dir says why)."""
-    run = WORK / setting.pair / setting.budget / f"{agent}-s{seed}"
+    run = run_dir(setting.pair, setting.budget, agent, seed, setting.evaluator)
     if (run / "policy.yaml").is_file():
         return run
     args = [
@@ -165,6 +180,7 @@ def searched_row(
         "budget": setting.budget,
         "metric": metric.removesuffix("_vs_8bit"),
         "agent": agent,
+        "evaluator": setting.evaluator,
         "seed": seed,
         "searched_test": result["test"],
         "searched_val_proxy": policy.metadata["val_accuracy"],
@@ -180,7 +196,8 @@ def searched_row(
     }
     save_rows([row])  # after every search: a killed run keeps what finished
     print(
-        f"{setting.pair} {setting.budget} {agent} seed {seed}: {result['test']:.2f} "
+        f"{setting.pair} {setting.budget} {agent} ({setting.evaluator}) seed {seed}: "
+        f"{result['test']:.2f} "
         f"(best uniform {best['policy']} {best['test']:.2f}, delta {row['delta']:+.2f})",
         flush=True,
     )
@@ -188,7 +205,7 @@ def searched_row(
 
 
 def run_setting(
-    setting: Setting, agents: list[str], seeds: int, plan: str
+    setting: Setting, agents: list[str], seeds: int, plan: str, first_seed: int = 0
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The yardstick and the searched rows of one setting, by ``plan``."""
     cache = read_json_file(FINETUNES, {})
@@ -197,7 +214,7 @@ def run_setting(
         raise SystemExit(f"no uniform policy fits {setting.budget} on {setting.pair}")
     save_uniform(setting, uniform)
     best = max(uniform, key=lambda row: row["test"])
-    first_seeds = range(seeds) if plan == "full" else range(1)
+    first_seeds = range(first_seed, seeds) if plan == "full" else range(1)
     found = [searched_row(setting, a, s, best, cache) for a in agents for s in first_seeds]
     rows = [row for row in found if row is not None]
     if plan == "cpu" and seeds > 1 and rows:
@@ -220,16 +237,20 @@ def save_uniform(setting: Setting, rows: list[dict[str, Any]]) -> None:
 
 
 def save_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge ``rows`` into RESULTS (same pair, budget, agent, seed: replaced)."""
+    """Merge ``rows`` into RESULTS (same pair, budget, agent, evaluator, seed: replaced)."""
 
     def key(row: dict[str, Any]) -> tuple[Any, ...]:
-        return row["pair"], row["budget"], row["agent"], row["seed"]
+        return row["pair"], row["budget"], row["agent"], evaluator_of(row), row["seed"]
 
     merged = {key(row): row for row in read_json_file(RESULTS, [])}
     merged.update({key(row): row for row in rows})
     ordered = sorted(merged.values(), key=key)
     write_json_file(RESULTS, ordered)
     return ordered
+
+
+def evaluator_of(row: dict[str, Any]) -> str:
+    return row.get("evaluator", "retrain")  # rows before 2026-11-29 (7) were all retrain
 
 
 def summarise(rows: list[dict[str, Any]], uniforms: dict[tuple[str, str], Any]) -> str:
@@ -254,19 +275,30 @@ def summarise(rows: list[dict[str, Any]], uniforms: dict[tuple[str, str], Any]) 
             f"uniform {first['best_uniform_policy']} {first['best_uniform_test']:.2f} %."
         )
         table = []
-        for agent in sorted({r["agent"] for r in subset}):
-            mine = sorted((r for r in subset if r["agent"] == agent), key=lambda r: r["seed"])
+        for agent, evaluator in sorted({(r["agent"], evaluator_of(r)) for r in subset}):
+            mine = sorted(
+                (r for r in subset if (r["agent"], evaluator_of(r)) == (agent, evaluator)),
+                key=lambda r: r["seed"],
+            )
             deltas = [r["delta"] for r in mine]
             table.append(
                 [
                     agent,
+                    evaluator,
                     ", ".join(str(r["seed"]) for r in mine),
                     ", ".join(f"{r['searched_test']:.2f}" for r in mine),
                     ", ".join(f"{r['cost_vs_8bit']:.3f}" for r in mine),
                     f"{statistics.median(deltas):+.2f}",
                 ]
             )
-        headers = ["agent", "seeds", "searched test %", "cost vs 8-bit", "median delta"]
+        headers = [
+            "agent",
+            "evaluator",
+            "seeds",
+            "searched test %",
+            "cost vs 8-bit",
+            "median delta",
+        ]
         parts.append(markdown_table(headers, table))
     searched = {(r["pair"], r["budget"]) for r in rows}
     for (pair, budget), uniform in sorted(uniforms.items()):
@@ -311,18 +343,17 @@ def figure(rows: list[dict[str, Any]], uniforms: dict[tuple[str, str], Any]) -> 
         limit = [u["cost_vs_8bit"] for u in uniform if u["policy"] == budget]
         if limit:
             ax.axvline(limit[0], color="tab:red", ls=":", lw=1, label="budget")
-        for agent in sorted({r["agent"] for r in subset}):
-            mine = [r for r in subset if r["agent"] == agent]
+        for agent, evaluator in sorted({(r["agent"], evaluator_of(r)) for r in subset}):
+            mine = [r for r in subset if (r["agent"], evaluator_of(r)) == (agent, evaluator)]
             xs, ys = [r["cost_vs_8bit"] for r in mine], [r["searched_test"] for r in mine]
-            ax.scatter(xs, ys, label=agent)
+            ax.scatter(xs, ys, label=f"{agent} ({evaluator})")
         ax.axhline(subset[0]["best_uniform_test"], color="tab:gray", ls="--", lw=1)
         ax.set(title=f"{pair}, budget {budget}", xlabel="cost vs uniform 8-bit")
         ax.set_ylabel("test accuracy after fine-tune (%)")
         ax.legend(fontsize=7)
         best = max(subset, key=lambda r: r["searched_test"])
-        policy = Policy.load(
-            WORK / pair / budget / f"{best['agent']}-s{best['seed']}" / "policy.yaml"
-        )
+        where = run_dir(pair, budget, best["agent"], best["seed"], evaluator_of(best))
+        policy = Policy.load(where / "policy.yaml")
         inventory = space_of(Setting(pair, budget, 0, 0, (), ())).inventory
         bits_figure(
             DOC.parent / f"mixed_bits_{pair}_{budget}.png",
@@ -341,6 +372,9 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", default=list(BUDGETS))
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="with --plan full: seeds first-seed..seeds-1"
+    )
     parser.add_argument("--evaluations", type=int, default=200)
     parser.add_argument("--plan", choices=("cpu", "full"), default="cpu")
     parser.add_argument(
@@ -366,7 +400,7 @@ def main() -> None:
                 tuple(args.search),
             )
             agents = [] if args.uniform_only else list(args.agents)
-            run_setting(setting, agents, args.seeds, args.plan)
+            run_setting(setting, agents, args.seeds, args.plan, args.first_seed)
     all_rows, uniforms = read_json_file(RESULTS, []), load_uniform()
     figure(all_rows, uniforms)
     update_doc_section("mixed", summarise(all_rows, uniforms))

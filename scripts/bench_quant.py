@@ -4,6 +4,7 @@
     python scripts/bench_quant.py --only lenet5-mnist  # one group of cases
     python scripts/bench_quant.py --only overhead
     python scripts/bench_quant.py --only step-init     # LSQ's initial step, untrained
+    python scripts/bench_quant.py --only eval-overhead # quantized vs float evaluation
 
 Accuracy: `qsearch finetune`'s recipe (LSQ, periodic regularizer on, the dataset's default
 distillation: on for CIFAR-10) from the cached float checkpoint, first and last layer at
@@ -25,6 +26,7 @@ import sys
 import time
 
 import torch
+from omegaconf import DictConfig
 
 from _bench import load_json, markdown_table, save_json, update_doc_section
 from qsearch.config import job_config
@@ -137,6 +139,62 @@ def step_init_row(model_name: str, dataset: str, w: int, a: int) -> dict:
     return row
 
 
+def _float_and_quantized(cfg: DictConfig) -> tuple[Setup, torch.nn.Module, torch.nn.Module]:
+    """``cfg``'s setup, its float model and a calibrated quantized copy of it.
+
+    Raises:
+        UserError: the dataset is not available here.
+    """
+    setup = Setup.from_config(cfg)
+    data, runtime = setup.data, setup.runtime
+    quantized = build_quantized(setup.float_model, setup.policy(), setup.spec, data, runtime)
+    return setup, runtime.prepare(setup.float_model), quantized
+
+
+def eval_overhead_row(model_name: str, dataset: str, w: int, a: int) -> dict:
+    """Evaluation forward (batch 512, 10 batches) of the WwAa LSQ model / the float model,
+    same run, alternating repeats; ``autograd_ms``: the same quantized forward with
+    autograd recording, i.e. the out-of-place straight-through chain, which is what every
+    evaluation ran before the in-place no-grad path (2026-11-29)."""
+    case = f"eval-overhead-{model_name}-w{w}a{a}"
+    overrides = [f"model={model_name}", f"dataset={dataset}", f"w_bits={w}", f"a_bits={a}"]
+    try:
+        setup, float_model, quantized = _float_and_quantized(
+            job_config("finetune", [*overrides, "runtime.precision=fp32"])
+        )
+    except UserError as exc:
+        return {"case": case, "skipped": str(exc)}
+    device = str(setup.runtime.device)
+    images, _ = next(iter(eval_loader(setup.data, "val", batch_size=512, device=device)))
+
+    def seconds(model: torch.nn.Module, grad: bool) -> float:
+        start = time.perf_counter()
+        with torch.set_grad_enabled(grad):
+            for _ in range(10):
+                model(images)
+        return (time.perf_counter() - start) / 10
+
+    runs = {"float": (float_model.eval(), False), "lsq": (quantized.eval(), False)}
+    runs["autograd"] = (quantized, True)
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(3):
+        for key, (model, grad) in runs.items():
+            times[key].append(seconds(model, grad))
+    ms = {key: 1000 * statistics.median(values) for key, values in times.items()}
+    return {
+        "case": case,
+        "model": model_name,
+        "w_bits": w,
+        "a_bits": a,
+        "threads": torch.get_num_threads(),
+        "float_ms": round(ms["float"], 1),
+        "lsq_ms": round(ms["lsq"], 1),
+        "autograd_ms": round(ms["autograd"], 1),
+        "ratio": round(ms["lsq"] / ms["float"], 3),
+        "autograd_ratio": round(ms["autograd"] / ms["float"], 3),
+    }
+
+
 def _step_seconds(model, batch, optimizer, runtime, steps: int) -> float:
     start = time.perf_counter()
     step = TrainStep(model, optimizer, None, runtime, cross_entropy_loss())
@@ -159,14 +217,11 @@ def overhead_row(model_name: str, dataset: str, precision: str, compiled: bool) 
         ],
     )
     torch.manual_seed(0)  # the float model's initialization
-    setup = Setup.from_config(cfg)
-    runtime = setup.runtime
     try:
-        data = setup.data
+        setup, float_model, quantized = _float_and_quantized(cfg)
     except UserError as exc:
         return {"case": case, "skipped": str(exc)}
-    quantized = build_quantized(setup.float_model, setup.policy(), setup.spec, data, runtime)
-    float_model = runtime.prepare(setup.float_model)
+    runtime, data = setup.runtime, setup.data
     batch = next(iter(train_loader(data, cfg.dataset, 128, 0, str(runtime.device))))
     models = {"float": float_model, "lsq": quantized}
     optimizers = {
@@ -318,6 +373,32 @@ def report(rows: dict[str, dict]) -> str:
                 ],
             ),
         ]
+    evals = [r for r in rows.values() if r["case"].startswith("eval-overhead-") and "ratio" in r]
+    if evals:
+        text += [
+            "",
+            "Evaluation overhead: a forward pass of 512 validation images (no gradients) "
+            "through the LSQ model / the float model, same run, fp32, eager. `autograd`: "
+            "the same quantized forward recording gradients, i.e. the out-of-place "
+            "straight-through chain that every evaluation ran before the in-place no-grad "
+            "path; a supernet or retraining evaluation is mostly such passes.",
+            "",
+            markdown_table(
+                ["model", "bits", "threads", "float ms", "LSQ ms", "ratio", "autograd ms"],
+                [
+                    [
+                        r["model"],
+                        f"W{r['w_bits']}A{r['a_bits']}",
+                        r["threads"],
+                        r["float_ms"],
+                        r["lsq_ms"],
+                        r["ratio"],
+                        f"{r['autograd_ms']} ({r['autograd_ratio']}x)",
+                    ]
+                    for r in evals
+                ],
+            ),
+        ]
     init = [r for r in rows.values() if r["case"].startswith("step-init-") and "mse" in r]
     if init:
         text += [
@@ -389,6 +470,9 @@ def main() -> int:
         key = f"step-init-{model_name}-{dataset}-w{w}a{a}"
         if args.only in key:
             record(key, step_init_row(model_name, dataset, w, a))
+    key = "eval-overhead-resnet20-w3a3"
+    if args.only in key:
+        record(key, eval_overhead_row("resnet20", "cifar10", 3, 3))
     if args.only in "brevitas":
         record("brevitas", brevitas_row())
     return 0

@@ -427,3 +427,34 @@ def test_compiled_fake_quant_matches_eager_values_and_gradients() -> None:
             set_compile(False)
     for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bits=st.integers(2, 8),
+    signed=st.booleans(),
+    per_channel=st.booleans(),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+)
+def test_lsq_evaluation_path_equals_the_training_path_bitwise(
+    bits: int, signed: bool, per_channel: bool, seed: int, dtype: torch.dtype
+) -> None:
+    """Under ``no_grad`` the fake-quantizer runs in place on one buffer (faster); its values
+    must equal the autograd path's exactly, for both roles, per tensor and per channel,
+    including inputs on the half-way points between levels."""
+    torch.manual_seed(seed)
+    role: Role = "weight" if per_channel else "activation"
+    q = LsqQuantizer(bits, role, signed=signed, channels=6, per_channel=per_channel)
+    x = torch.randn(6, 3, 4, 4) * 3
+    q(x)  # initializes the step
+    halfway = (torch.arange(-8, 8).float() + 0.5) * q.step.detach().flatten()[0]
+    x.view(-1)[:16] = halfway
+    x = x.to(dtype)
+    before = x.clone()
+    trained = q(x.clone().requires_grad_(True)).detach()
+    with torch.no_grad():
+        evaluated = q(x)
+    assert evaluated.dtype == trained.dtype == dtype
+    torch.testing.assert_close(evaluated, trained, rtol=0, atol=0)
+    assert torch.equal(x, before)  # the input itself is not modified in place

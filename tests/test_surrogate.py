@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from qsearch.agents._sb3 import imagination
+from qsearch.agents.landscape import search_landscape
 from qsearch.env.quant_env import HaqEnv, ReleqEnv
 from qsearch.env.rewards import HaqReward, ReleqReward
 from qsearch.env.surrogate import AdditiveSurrogate, Imagination, ModelProposals
@@ -233,3 +234,64 @@ def test_a_resumed_search_knows_which_evaluations_the_model_proposed(tmp_path: P
     assert any(flags) and not all(flags)
     resumed = make_recorder(space, tmp_path, budget=20, evaluator=landscape, resume=True)
     assert [e.by_model for e in resumed.searched()] == flags
+
+
+def test_the_model_spends_what_a_stopped_agent_left(tmp_path: Path) -> None:
+    """An agent that stops with budget left (a converged RL agent): the model proposes new
+    feasible policies, regardless of its cadence, until the budget is spent; the recorder
+    remembers where the agent stopped. Without a proposer nothing more is evaluated."""
+    space = _space()
+    landscape = _additive_landscape(space)
+    recorder = make_recorder(space, tmp_path, budget=40, evaluator=landscape)
+    recorder.proposer = ModelProposals(space, every=7, after=12)
+    rng = np.random.default_rng(3)
+    while recorder.used < 15:  # the agent's 15 (two of them the model's, at 12 and 14)
+        recorder.evaluate(space.enforce_budget(_random_policy(space, rng)))
+    recorder.end_episode(space.uniform(8), 0.0, 1)  # the episode of those 15
+    for _ in range(3):  # three more, each ending at a policy already evaluated
+        recorder.end_episode(space.uniform(8), 0.0, 1)
+    assert recorder.stale_episodes == 3
+    assert recorder.spend_rest_on_proposer() == 40 - 15
+    assert recorder.agent_stopped_at == 15 and recorder.exhausted
+    assert recorder.stale_when_stopped == 3  # for the log: why the agent stopped
+    rest = recorder.searched()[15:]
+    assert all(e.by_model and e.feasible for e in rest)
+    assert len({(tuple(e.w_bits), tuple(e.a_bits)) for e in recorder.searched()}) == 40
+    assert recorder.spend_rest_on_proposer() == 0  # nothing left to spend
+
+    (tmp_path / "alone").mkdir()
+    alone = make_recorder(space, tmp_path / "alone", budget=40, evaluator=landscape)
+    alone.evaluate(space.policy([8, 8, 8], [8, 8, 8]))
+    assert alone.spend_rest_on_proposer() == 0
+    assert alone.agent_stopped_at == 1 and alone.used == 1
+
+
+LANDSCAPE = [
+    "model=resnet20",
+    "dataset=cifar10",
+    "search.search_activations=true",
+    "search.w_bits=[2,3,4,5,6,7,8]",
+    "search.a_bits=[2,3,4,5,6,7,8]",
+    "budget.evaluations=40",
+    "search.model_after=5",
+]
+
+
+def test_a_search_whose_agent_stops_early_spends_its_budget_on_the_model(
+    tmp_path: Path,
+) -> None:
+    """Random search capped at 3 episodes after the uniform start: the model proposes the
+    rest of the 40 evaluations, so the search ends at the budget."""
+    run = search_landscape(["agent=random", "seed=0", *LANDSCAPE], tmp_path, max_episodes=3)
+    recorder = run.recorder
+    assert recorder.used == 40
+    stopped = recorder.agent_stopped_at
+    assert stopped is not None and stopped < 40
+    assert all(e.by_model for e in recorder.searched()[stopped:])
+
+
+def test_the_uniform_agent_gets_no_model_proposals(tmp_path: Path) -> None:
+    run = search_landscape(["agent=uniform", "seed=0", *LANDSCAPE], tmp_path)
+    searched = run.recorder.searched()
+    assert searched and not any(e.by_model for e in searched)
+    assert all(len(set(e.w_bits[1:-1])) == len(set(e.a_bits[1:-1])) == 1 for e in searched)

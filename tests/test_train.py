@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,48 @@ def test_cosine_schedule_values() -> None:
     assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
     assert lrs[6] == pytest.approx(0.5)  # halfway through the 8 cosine steps
     assert lrs[-1] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(7 / 8 * torch.pi))).item())
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # glibc's struct mallinfo2 (<malloc.h>)
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _mmapped_bytes_of_a_40mb_block() -> int:
+    """Bytes glibc serves by mmap while one 40 MB block is allocated."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(40_000_000)
+    during = libc.mallinfo2().hblkhd
+    libc.free(block)
+    return during - before
+
+
+def test_cpu_runtime_keeps_large_blocks_in_the_heap() -> None:
+    """On glibc a 40 MB tensor is mmapped and unmapped at every allocation (page faults
+    each time) until ``retain_freed_memory`` raises the mmap threshold; resolving a CPU
+    runtime does that."""
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("not glibc >= 2.33")
+    script = (
+        "import sys; sys.path.insert(0, 'tests'); from test_train import "
+        "_mmapped_bytes_of_a_40mb_block as m; from omegaconf import OmegaConf; "
+        "from qsearch.train.runtime import resolve_runtime; before = m(); "
+        "resolve_runtime(OmegaConf.create({'device': 'cpu', 'precision': 'fp32', "
+        "'channels_last': False})); print(before, m())"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=repo, check=True
+    )
+    before, after = map(int, done.stdout.split())
+    assert before >= 40_000_000  # glibc's default: mmapped
+    assert after == 0  # served from the heap

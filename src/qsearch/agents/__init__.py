@@ -81,3 +81,17 @@ class Agent(Protocol):
     name: str
 
     def search(self, ctx: SearchContext) -> None: ...
+
+
+def run_search(agent: Agent, ctx: SearchContext, uniform_start: float) -> None:
+    """A whole search: the uniform start (:func:`evaluate_uniform_start`), the agent, and,
+    when the agent stopped with budget left (no new policy for ``patience`` episodes, or
+    ``max_episodes``), the accuracy model's proposals for the rest of it: a converged HAQ
+    left 51 of 200 evaluations unspent on the ResNet-20 supernet
+    (``SearchRecorder.spend_rest_on_proposer``). An agent with ``takes_proposals = False``
+    (the uniform yardstick, which must stay uniform) gets no proposals at all."""
+    if not getattr(agent, "takes_proposals", True):
+        ctx.recorder.proposer = None
+    evaluate_uniform_start(ctx, uniform_start)
+    agent.search(ctx)
+    ctx.recorder.spend_rest_on_proposer()

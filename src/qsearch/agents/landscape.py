@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from qsearch.agents import SearchContext, evaluate_uniform_start
+from qsearch.agents import SearchContext, run_search
 from qsearch.config import instantiate_checked, job_config
 from qsearch.env.recorder import Evaluation, Objective, SearchRecorder
 from qsearch.env.rewards import ReleqReward
@@ -106,6 +106,5 @@ def search_landscape(
         patience=cfg.search.patience,
         sensitivities=lambda: landscape.estimate(seed),
     )
-    evaluate_uniform_start(ctx, float(cfg.search.uniform_start))
-    agent.search(ctx)
+    run_search(agent, ctx, float(cfg.search.uniform_start))
     return LandscapeRun(recorder.searched(), landscape, recorder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from qsearch.agents import SearchContext
 from qsearch.env.recorder import BudgetExhausted
@@ -14,6 +15,7 @@ class UniformAgent:
     they are searched, at the nearest allowed activation bits)."""
 
     name: str = "uniform"
+    takes_proposals: ClassVar[bool] = False  # the accuracy model's would be mixed policies
 
     def search(self, ctx: SearchContext) -> None:
         space = ctx.space

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from qsearch.agents import SearchContext, evaluate_uniform_start
+from qsearch.agents import SearchContext, run_search
 from qsearch.commands._common import console, load_trained_float, run_dir
 from qsearch.config import instantiate_checked
 from qsearch.data import Augment, DataSplits
@@ -185,8 +185,7 @@ def run(cfg: DictConfig) -> None:
         "" if space.budget is None else limit,
     )
     with monitor:
-        evaluate_uniform_start(ctx, float(cfg.search.uniform_start))
-        agent.search(ctx)
+        run_search(agent, ctx, float(cfg.search.uniform_start))
     _finish(cfg, out, scorer, agent, recorder, reference_cost)
 
 
@@ -256,17 +255,21 @@ def _build_scorer(cfg: DictConfig, space: SearchSpace, setup: Setup) -> Scorer:
 def _learning_warnings(agent: Any, recorder: SearchRecorder) -> str | None:
     """Log why a search ended early and whether an RL agent had the episodes to learn;
     return the latter (for summary.json)."""
-    if not recorder.exhausted:
+    stopped_at = recorder.agent_stopped_at
+    if stopped_at is not None:
         log.warning(
             "%s stopped after %d episodes with %d of %d evaluations spent: it had no new "
             "policy to propose (the uniform agent has one per bit choice; an agent that "
             "only revisits evaluated policies stops after search.patience such episodes in "
-            "a row (the last %d here), or at search.max_episodes)",
+            "a row (the last %d here), or at search.max_episodes)%s",
             agent.name,
             recorder.episode,
-            recorder.used,
+            stopped_at,
             recorder.budget,
-            recorder.stale_episodes,
+            recorder.stale_when_stopped,
+            f"; the accuracy model (search.model_every) proposed {rest} more"
+            if (rest := recorder.used - stopped_at)
+            else "",
         )
     learning_note = getattr(agent, "learning_note", None)  # RL agents: did it learn?
     note = learning_note(recorder.episode, recorder.used) if learning_note else None
@@ -294,7 +297,9 @@ def _model_proposals(recorder: SearchRecorder) -> dict[str, Any]:
             if uniform
             else f"came from {recorder.agent}",
         )
-    return {"evaluations": count, "found_best": best}
+    stopped_at = recorder.agent_stopped_at
+    after_agent = 0 if stopped_at is None else recorder.used - stopped_at
+    return {"evaluations": count, "found_best": best, "after_agent_stopped": after_agent}
 
 
 def _check_best(recorder: SearchRecorder, budget: str, reference_cost: float, out: Path) -> None:
@@ -430,7 +435,7 @@ def _summary(outcome: SearchOutcome, dominating: list[str]) -> dict[str, Any]:
         "evaluations": recorder.used,
         "diverged": recorder.diverged,
         "episodes": recorder.episode,
-        "stopped_by": "budget" if recorder.exhausted else "agent (no new policies)",
+        "stopped_by": "budget" if recorder.agent_stopped_at is None else "agent (no new policies)",
         "metric": outcome.space.cost.metric,
         "budget_cost": outcome.space.budget,
         "evaluator": {

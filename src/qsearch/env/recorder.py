@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from qsearch.env.evaluator import EvalResult, standard_error
 from qsearch.env.rewards import ReleqReward
@@ -79,8 +79,19 @@ class Objective:
 
 
 EvaluationHook = Callable[["Evaluation", "SearchRecorder"], None]
-# After each charged evaluation: a policy to evaluate next on the search's behalf, or None.
-Proposer = Callable[["SearchRecorder"], Policy | None]
+
+
+class Proposer(Protocol):
+    """Adds policies of its own to a search (the accuracy model: env/surrogate.py).
+
+    Called after every charged evaluation, it returns a policy to evaluate next on the
+    search's behalf when its cadence says so, else None; ``anytime=True`` (the agent has
+    stopped with budget left) asks regardless of the cadence.
+    """
+
+    def __call__(self, recorder: SearchRecorder, anytime: bool = False) -> Policy | None: ...
+
+
 PROPOSER_AGENT = "model"  # the agent column of a proposer's evaluations
 
 # Columns of evaluations.csv (then the cost metrics, then _TAIL_FIELDS) and episodes.csv.
@@ -126,6 +137,8 @@ class SearchRecorder:
         self.best: Evaluation | None = None
         self.used = 0
         self._last_new_episode: int | None = None
+        self.agent_stopped_at: int | None = None  # charged evaluations, if short of the budget
+        self.stale_when_stopped = 0  # episodes without a new policy before the agent stopped
         self.started = time.perf_counter()
         self.evaluations_csv = run_dir / "evaluations.csv"
         self.episodes_csv = run_dir / "episodes.csv"
@@ -228,6 +241,26 @@ class SearchRecorder:
                 self.evaluate(policy)
         finally:
             self._proposing = False
+
+    def spend_rest_on_proposer(self) -> int:
+        """After the agent has stopped with budget left (it had no new policy: a converged
+        RL agent), the proposer's policies, one after another, until the budget is spent or
+        it has none; how many were evaluated."""
+        if self.exhausted:
+            return 0
+        self.agent_stopped_at, self.stale_when_stopped = self.used, self.stale_episodes
+        spent = 0
+        while self.proposer is not None and not self.exhausted:
+            self._proposing = True
+            try:
+                policy = self.proposer(self, anytime=True)
+                if policy is None or policy.key() in self.seen:
+                    break
+                self.evaluate(policy)
+            finally:
+                self._proposing = False
+            spent += 1
+        return spent
 
     def _charge(self, evaluation: Evaluation) -> None:
         """Count a new searched evaluation against the budget; keep the best."""

@@ -150,7 +150,8 @@ class ModelProposals:
     evaluation (the recorder's ``proposer``; the module docstring has the method).
 
     ``every``: a proposal when the count of charged evaluations is a multiple of it (so
-    ``1 / every`` of the budget goes to the model; 0: never); ``after``: none before this
+    ``1 / every`` of the budget goes to the model; 0: never), or at any count once the agent
+    has stopped with budget left (``anytime``); ``after``: none before this
     many evaluations; ``max_cuts``: how many already evaluated model optima one round may
     cut off before giving up (cuts are kept for later rounds: an evaluated policy stays
     evaluated). Nothing without a cost budget (the model ranks accuracy at a fixed cost,
@@ -171,9 +172,9 @@ class ModelProposals:
         if self.every > 0 and self.space.budget is not None:
             self.table = LayerOptions.of(self.space)
 
-    def __call__(self, recorder: SearchRecorder) -> Policy | None:
+    def __call__(self, recorder: SearchRecorder, anytime: bool = False) -> Policy | None:
         used = recorder.used
-        if self.table is None or used < self.after or used % self.every:
+        if self.table is None or used < self.after or (used % self.every and not anytime):
             return None
         surrogate = AdditiveSurrogate(self.space)
         for evaluation in recorder.searched():

@@ -60,4 +60,9 @@ def uniform_fake_quant(x: Tensor, step: Tensor, qmin: int, qmax: int) -> Tensor:
     grid is computed in fp32 and the result returned in ``x``'s dtype (bf16 under autocast,
     which the next convolution would cast it to anyway), so the casts fuse into the kernel.
     """
+    if not torch.is_grad_enabled():
+        # evaluation: the same ops, in place on one buffer. Bitwise the same values (the
+        # straight-through ``round_ste`` is exact forward), 5x faster on a CPU than a fresh
+        # tensor per op (ResNet-20's supernet scores a policy in ~6 s instead of ~14 s)
+        return torch.div(x.float(), step).clamp_(qmin, qmax).round_().mul_(step).to(x.dtype)
     return (round_ste(torch.clamp(x.float() / step, qmin, qmax)) * step).to(x.dtype)
