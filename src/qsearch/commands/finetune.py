@@ -12,7 +12,7 @@ from torch import nn
 
 from qsearch.checkpoint import save_quantized
 from qsearch.commands._common import console, load_trained_float, run_dir
-from qsearch.data import eval_loader
+from qsearch.data import Augment, TensorLoader
 from qsearch.quant.bn import reestimate_bn
 from qsearch.quant.policy import Policy
 from qsearch.report.figures import curves_figure
@@ -90,15 +90,26 @@ def run(cfg: DictConfig) -> None:
 
 def _from_supernet(path: Path, setup: Setup, policy: Policy) -> nn.Module:
     """The policy's model taken out of the supernet at ``path``, its batch-norm statistics
-    re-estimated for these bits on 8 training batches."""
+    re-estimated for these bits on 8 training batches, augmented as the supernet was trained
+    (as ``evaluator=supernet`` does: un-augmented batches left a ResNet-20 policy at 63 %
+    before fine-tuning where the evaluator scored it 84.6 %)."""
     log.info("starting from the supernet %s", path)
     supernet = load_supernet(path, setup.float_model, setup.spec)
     model = setup.runtime.prepare(
         extract_policy_model(supernet, policy, setup.spec, setup.float_model)
     )
-    device = str(setup.runtime.device)
-    batches = eval_loader(setup.data, "train", batch_size=256, device=device)
-    reestimate_bn(model, (images for images, _ in islice(batches, 8)))
+    data, cfg = setup.data, setup.cfg
+    augment = Augment.from_config(cfg.dataset.get("augment"))
+    batches = TensorLoader(
+        data.train,
+        data.info,
+        256,
+        shuffle=True,
+        augment=augment,
+        seed=int(cfg.seed),
+        device=str(setup.runtime.device),
+    )
+    reestimate_bn(model, (images for images, _ in islice(iter(batches), 8)))
     return model
 
 
